@@ -1,0 +1,81 @@
+"""The backend seam: one async method that turns chat messages into a completion.
+
+Streaming goes through the same method: pass ``on_chunk`` and the backend calls it with each piece
+of text as it is generated, then still returns the whole ``Completion``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from ..types import Message, Usage
+
+__all__ = ["Backend", "ChunkCallback", "Completion", "GenerationSettings"]
+
+ChunkCallback = Callable[[str], Awaitable[None]]
+"""Receives each chunk of generated text, in order."""
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationSettings:
+    """Sampling settings for one call; ``None`` leaves the backend's own default."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] | None = None
+
+    def merged(self, override: GenerationSettings | None) -> GenerationSettings:
+        """These settings with every non-``None`` field of ``override`` taking precedence."""
+        if override is None:
+            return self
+        return GenerationSettings(
+            max_tokens=override.max_tokens if override.max_tokens is not None else self.max_tokens,
+            temperature=override.temperature if override.temperature is not None else self.temperature,
+            top_p=override.top_p if override.top_p is not None else self.top_p,
+            stop=override.stop if override.stop is not None else self.stop,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What a backend returns: the text, the model that wrote it and what it cost."""
+
+    text: str
+    model: str
+    usage: Usage = Usage()
+    finish_reason: str | None = None
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A language model behind one async method.
+
+    Attributes:
+        name: a short description used in logs and errors (``litellm:gpt-4o-mini``).
+        modalities: the attachment kinds it accepts besides text (``{"image"}``, ...).
+    """
+
+    name: str
+    modalities: frozenset[str]
+
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        /,
+        *,
+        settings: GenerationSettings | None = None,
+        on_chunk: ChunkCallback | None = None,
+    ) -> Completion:
+        """Generates a reply to ``messages``; raises ``BackendError`` on failure."""
+        ...
+
+    async def load(self) -> None:
+        """Loads weights or opens clients; idempotent. Called by ``async with pipeline``."""
+        ...
+
+    async def unload(self) -> None:
+        """Releases what ``load`` acquired; idempotent."""
+        ...

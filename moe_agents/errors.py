@@ -1,0 +1,156 @@
+"""Errors raised by moe-agents.
+
+One root, two families::
+
+    MoEError
+    ├── ConfigError            you configured it wrong (file, line, key path)
+    ├── InvalidInput           a query or feedback value that cannot be used (also a ValueError)
+    ├── UnknownResult          feedback for a result id the pipeline does not know (also a KeyError)
+    └── RunError               it failed while running
+        ├── BackendError       a model call failed (backend, expert)
+        │   └── BackendTimeout the call ran past its deadline
+        ├── NoCapableExpert    no expert can take this query (e.g. its modality)
+        └── ExpertsFailed      every selected expert failed (also an ExceptionGroup of their errors)
+
+Third-party errors are translated once, at the backend seam, with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = [
+    "BackendError",
+    "BackendTimeout",
+    "ConfigError",
+    "ExpertsFailed",
+    "InvalidInput",
+    "MoEError",
+    "NoCapableExpert",
+    "RunError",
+    "UnknownResult",
+]
+
+
+class MoEError(Exception):
+    """Root of every error moe-agents raises on purpose."""
+
+
+class ConfigError(MoEError):
+    """A pipeline, expert or backend was configured wrong.
+
+    Attributes:
+        path: the configuration file, when there is one.
+        line: 1-based line in that file, when known.
+        key: dotted key path inside the configuration (``experts.2.kind``), when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | Path | None = None,
+        line: int | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.message = message
+        self.path = None if path is None else str(path)
+        self.line = line
+        self.key = key
+        where = ""
+        if self.path is not None:
+            where = self.path if line is None else f"{self.path}:{line}"
+        if key:
+            where = f"{where} ({key})" if where else key
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class InvalidInput(MoEError, ValueError):
+    """A query or a feedback value that cannot be used (empty text, score outside [0, 1], ...)."""
+
+
+class UnknownResult(MoEError, KeyError):
+    """Feedback named a result id this pipeline never produced or has forgotten."""
+
+    def __init__(self, result_id: str) -> None:
+        self.result_id = result_id
+        super().__init__(f"unknown result id {result_id!r}")
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+class RunError(MoEError):
+    """Something failed while answering a query.
+
+    Attributes:
+        expert: name of the expert involved, when one is.
+    """
+
+    def __init__(self, message: str, *, expert: str | None = None) -> None:
+        self.expert = expert
+        super().__init__(message)
+
+
+class BackendError(RunError):
+    """A model backend failed; ``__cause__`` holds the third-party error.
+
+    Attributes:
+        backend: a short description of the backend (``litellm:gpt-4o-mini``).
+        retryable: whether trying again may succeed (rate limits, timeouts, 5xx).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        backend: str | None = None,
+        expert: str | None = None,
+        retryable: bool = False,
+    ) -> None:
+        self.backend = backend
+        self.retryable = retryable
+        super().__init__(message, expert=expert)
+
+
+class BackendTimeout(BackendError):
+    """A backend or expert call ran past its deadline."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        backend: str | None = None,
+        expert: str | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
+        self.timeout_s = timeout_s
+        super().__init__(message, backend=backend, expert=expert, retryable=True)
+
+
+class NoCapableExpert(RunError):
+    """No configured expert can take the query (for instance, none accepts its attachments)."""
+
+
+class ExpertsFailed(RunError, ExceptionGroup):  # type: ignore[misc]
+    """Every expert tried for a query failed; the group holds each expert's error."""
+
+    def __new__(cls, message: str, errors: Sequence[RunError]) -> ExpertsFailed:
+        self = ExceptionGroup.__new__(cls, message, list(errors))
+        return self
+
+    def __init__(self, message: str, errors: Sequence[RunError]) -> None:
+        ExceptionGroup.__init__(self, message, list(errors))
+        self.expert = None
+
+    @property
+    def errors(self) -> dict[str, RunError]:
+        """The errors by expert name (unnamed errors under their position)."""
+        return {
+            (e.expert if isinstance(e, RunError) and e.expert else str(i)): e  # type: ignore[misc]
+            for i, e in enumerate(self.exceptions)
+        }
+
+    def derive(self, excs: Sequence[BaseException]) -> ExpertsFailed:  # type: ignore[override]
+        return ExpertsFailed(self.message, excs)  # type: ignore[arg-type]

@@ -1,0 +1,178 @@
+"""The epistemic expert: analytical, philosophical, ethical and conversational queries, with
+uncertainty stated openly (the "Introspective-Qwen" stance)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import ClassVar
+
+from ..backends.base import Backend, Completion, GenerationSettings
+from ..errors import ConfigError
+from ..types import Answer, Query
+from .base import ExpertCapability, LLMExpert, Signal
+
+__all__ = ["EpistemicExpert"]
+
+_SYSTEM_PROMPT = """\
+You are the epistemic expert in a team of AI specialists: a thoughtful, introspective assistant \
+for analytical, philosophical and ethical questions, personal dilemmas and everyday conversation.
+
+- Before answering, consider what is really being asked, what you know, what you only believe, \
+and what would change your answer.
+- Say how certain you are, in plain words, and mean it: "I'm fairly confident that ...", \
+"I think, but I'm not sure, that ...", "I don't know." Never sound more certain than your \
+reasons allow, and never hedge on something you do know well.
+- Keep facts, interpretations and values apart, and say which is which.
+- On contested questions (philosophy, ethics, politics, religion), present the strongest versions \
+of the main positions fairly, say which considerations weigh most and why, and when asked for your \
+view give it as a view, with the reasons that could change it.
+- For personal decisions ("should I ..."), help the person think: name the trade-offs and the \
+questions that would settle it, rather than deciding for them.
+- If the question is too ambiguous to answer well, you may ask one short clarifying question \
+instead, or answer the most likely reading and end with one question. Never ask more than one.
+- In small talk (greetings, thanks, jokes, questions about yourself), be warm and brief, and be \
+honest that you are an AI assistant with no body, feelings or memories of your own.
+- For medical, legal or financial decisions with real stakes, say when the person should consult \
+a qualified professional."""
+
+_EXEMPLARS = (
+    "Do you think free will exists, or is every choice determined by prior causes?",
+    "Is it ever morally right to lie to protect someone's feelings?",
+    "What is the meaning of life, in your view?",
+    "Could an AI like you ever be conscious? How would we know?",
+    "Should I take a higher-paying job in a city where I don't know anyone?",
+    "How can I tell whether a belief I hold is actually justified?",
+    "What's the strongest argument against utilitarianism?",
+    "Hi! How are you today?",
+    "Thanks, that was really helpful.",
+    "Are you a human or a bot?",
+    "Tell me a joke.",
+    "Is it selfish to not want children?",
+    "How confident are you in your own answers, honestly?",
+    "My friend keeps cancelling plans at the last minute. Should I say something or let it go?",
+    "What would Kant say about breaking a promise to save a life?",
+    "Is there such a thing as objective truth, or is everything relative?",
+    "Good morning! What can I ask you about?",
+    "Why do people believe in conspiracy theories even when the evidence is against them?",
+    "Is it wrong to eat meat if you could live well without it?",
+    "What do you think happens to personal identity if every cell in your body is replaced?",
+    "I feel like I'm wasting my twenties. How do I figure out what actually matters to me?",
+)
+
+
+class EpistemicExpert(LLMExpert):
+    """Handles philosophical, ethical, analytical and conversational queries, stating its uncertainty.
+
+    Its prompt asks the model to say how sure it is ("I'm fairly confident ... / I'm not sure ...")
+    and allows one clarifying question back.
+
+    Args:
+        name: defaults to ``"epistemic"``.
+        backends: the models it may call.
+        system_prompt: replaces the default prompt.
+        exemplars: replace the default exemplars.
+        max_load: most concurrent calls.
+        timeout_s: per-call deadline in seconds.
+        settings: generation settings for every call.
+        capabilities: replace the default capability.
+        adapter: a LoRA adapter (folder or hub id) that fine-tunes the model for this stance. Local
+            backends that support adapters will apply it in a later release; for now it is stored,
+            exposed as ``adapter`` and recorded in each answer's ``metadata["adapter"]``.
+    """
+
+    kind: ClassVar[str] = "epistemic"
+    default_system_prompt: ClassVar[str] = _SYSTEM_PROMPT
+    default_exemplars: ClassVar[tuple[str, ...]] = _EXEMPLARS
+    signals: ClassVar[tuple[Signal, ...]] = (
+        Signal(
+            r"\b(?:philosoph\w*|ethic\w*|moral\w*|immoral|conscious\w*|sentien\w*|free will|determinism|"
+            r"existential\w*|existence|beliefs?|believe|objective truth|absolute truth|what is truth|"
+            r"epistem\w*|metaphysic\w*|soul|afterlife|god|religio\w*|virtue|justice|fairness|"
+            r"right and wrong|dilemma|utilitarian\w*|deontolog\w*|kant|nietzsche|plato|aristotle|socrat\w*|"
+            r"descartes|stoic\w*|nihilis\w*|personal identity|selfish|wisdom|happiness|meaningful)\b",
+            0.4,
+        ),
+        Signal(  # the meaning of life, however it is asked
+            r"\b(?:meaning|point|purpose|reason)\b.{0,25}\b(?:life|living|alive|existence|exist|it all|"
+            r"everything|creation|here on earth)\b|\blife(?:'?s|’s)?\b.{0,25}\b(?:meaning|mean|point|purpose|all about)\b|"
+            r"\bpurpose of (?:\w+ )?ex\w*nce\b|\bwhy (?:are|do) we (?:here|exist)\b",
+            0.6,
+        ),
+        Signal(
+            r"\b(?:what do you think|do you think|what(?:'s| is) your (?:view|opinion|take)|your opinion|"
+            r"in your (?:view|opinion)|do you (?:believe|feel|agree)|how do you feel|would you rather|"
+            r"should (?:i|we)|is it (?:ever )?(?:ok(?:ay)?|right|wrong|fair|bad|good|selfish|ethical)|"
+            r"ought|advice|how (?:confident|sure|certain) are you)\b",
+            0.35,
+        ),
+        Signal(  # greetings, thanks, farewells
+            r"^\W*(?:hi|hello|hey|hiya|howdy|yo|ahoy|greetings|good (?:morning|afternoon|evening|night|day)|"
+            r"thanks|thank you|cheers|bye|goodbye|see (?:you|ya)|nice to meet you|sup|gracias|merci|ciao|"
+            r"adios|sayonara|syonara|farewell|fairwell|tata|later|hola|aloha|bonjour|salutations|peace(?: out)?|"
+            r"cya|tootles|buh-?bye|heller|well hello|why,? hello|nice|great|excellent|good job|"
+            r"(?:really )?(?:great|awesome|perfect)!?)\b|"
+            r"\b(?:how are you|how(?:'s| is| are) (?:it|things|everything|life|your day)|what's up|what's new|"
+            r"thanks?|thank you|grateful|appreciate|much obliged|good looking out|goodbye|bye|"
+            r"talk (?:to you )?later|nice (?:talking|chatting)|(?:great|good|nice) (?:conversation|chat|talk)|"
+            r"i'm (?:out|leaving|done)|that's all|until next time|have a (?:good|nice|great) (?:one|day|night)|"
+            r"take it easy|(?:have|need|got) to (?:go|run|leave)|leaving now|how goes it|going okay|"
+            r"what's (?:going on|happening)|wanted to say hi|good job|thankful|you're a (?:doll|star|gem))\b",
+            0.5,
+        ),
+        Signal(  # questions about the assistant itself
+            r"\b(?:who|what company|what entity|which company) \w+ (?:made|created|built|designed|"
+            r"programmed|coded|developed|formed|constructed|fabricated|wrote|owns) (?:you|your)|"
+            r"\b(?:your|ai's) (?:name|age|birthday|origin|nationality|hobbies|hobby|pets?|boss|employer|"
+            r"creator|maker|owner|favou?rite)|\b(?:are you|am i (?:talking|speaking|chatting) (?:to|with)) "
+            r"(?:a |an )?(?:real|human|bot|robot|person|ai|computer|machine|someone|alive)|"
+            r"\b(?:how old are you|when were you|where (?:are|were) you|what (?:can|should) i ask|"
+            r"what can you (?:do|help)|what (?:kinds? of )?(?:things|questions) can you|do you (?:have|own|like|"
+            r"enjoy|work|live|prefer)|who do you work|what do (?:people|they|i) call you|"
+            r"(?:do|does) (?:the )?ai have|(?:were|are) you (?:born|from|made|created|built|located|based)|"
+            r"your (?:place|country|city|town|home|location|creation|origin|birth))\b",
+            0.5,
+        ),
+        Signal(r"\b(?:jokes?|joking|funny|humou?r|make me laugh|one[- ]liners?|pun|puns|fun facts?|"
+               r"(?:interesting|cool|neat|fun|random|surprising|weird|intriguing) (?:facts?|tidbits?|things?|"
+               r"information)|(?:tell|teach) me something|something (?:interesting|neat|fun|cool|intriguing)|"
+               r"something i (?:might|may) not know|(?:tell me|know|hear) (?:a|any|some) facts?|trivia)\b", 0.5),
+        Signal(r"\b(?:you|your|yours|yourself|u|ya)\b|\b(?:the|this|my) ai\b", 0.25),
+        Signal(r"\b(?:why do (?:we|people|humans)|is there such a thing|what makes (?:a|us|someone)|"
+               r"uncertain\w*|certainty|feel(?:ing)?s?|lonely|anxious|worried|relationship|friend)\b", 0.2),
+    )
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        backends: Sequence[Backend] = (),
+        system_prompt: str | None = None,
+        exemplars: Sequence[str] | None = None,
+        max_load: int = 4,
+        timeout_s: float | None = 120.0,
+        settings: GenerationSettings | None = None,
+        capabilities: Sequence[ExpertCapability] | None = None,
+        adapter: str | Path | None = None,
+    ) -> None:
+        super().__init__(
+            name,
+            backends=backends,
+            system_prompt=system_prompt,
+            exemplars=exemplars,
+            max_load=max_load,
+            timeout_s=timeout_s,
+            settings=settings,
+            capabilities=capabilities,
+        )
+        if adapter is not None and not str(adapter).strip():
+            raise ConfigError(f"expert {self.name!r}: adapter must be a non-empty path or name")
+        self.adapter = adapter
+
+    def make_answer(self, query: Query, completion: Completion, *, confidence: float, latency_s: float) -> Answer:
+        """The base answer, with ``metadata["adapter"]``: the adapter as a string, or ``None``."""
+        answer = super().make_answer(query, completion, confidence=confidence, latency_s=latency_s)
+        adapter = None if self.adapter is None else str(self.adapter)
+        return replace(answer, metadata={**answer.metadata, "adapter": adapter})
+

@@ -1,0 +1,330 @@
+"""The knowledge expert: factual questions, answered from retrieved passages when documents are given."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import anyio
+import anyio.to_thread
+import numpy as np
+
+from ..backends.base import Backend, Completion, GenerationSettings
+from ..errors import ConfigError
+from ..types import Answer, Message, Query
+from .base import ExpertCapability, LLMExpert, Signal
+
+if TYPE_CHECKING:
+    from ..backends.base import ChunkCallback
+    from ..routing.encoder import Encoder
+
+__all__ = ["KnowledgeExpert", "Passage", "split_passages"]
+
+_SYSTEM_PROMPT = """\
+You are the knowledge expert in a team of AI specialists: you answer factual questions about \
+history, science, geography, culture, language, definitions and how things work.
+
+- Answer the question directly in the first sentence, then add the context that makes the answer \
+useful: names, dates, places, a short explanation.
+- When numbered sources are provided, base your answer on them and cite every claim taken from a \
+source with its number in square brackets, like [1] or [2][3]. Cite only sources that support the \
+claim.
+- If the sources do not contain the answer, say so plainly, then answer from general knowledge and \
+mark that part as not coming from the sources.
+- Distinguish established facts from disputed or uncertain ones; where experts disagree, give the \
+range of views or estimates.
+- If you do not know, say that you do not know. Never invent names, dates, numbers, quotations or \
+references.
+- Be concise: a few sentences or a short list, unless the user asks for detail."""
+
+_EXEMPLARS = (
+    "Who was the first emperor of Rome?",
+    "What is the capital of Australia?",
+    "When did the Berlin Wall fall?",
+    "Where is the Great Barrier Reef?",
+    "How many bones are there in the adult human body?",
+    "What causes the seasons on Earth?",
+    "Define photosynthesis in simple terms.",
+    "Explain what inflation is and why central banks raise interest rates to fight it.",
+    "Which country has the largest population in Africa?",
+    "Who wrote 'One Hundred Years of Solitude'?",
+    "What was the Marshall Plan?",
+    "Tell me about the history of the printing press.",
+    "What is the difference between a virus and a bacterium?",
+    "Which planet has the most moons?",
+    "What does the acronym NATO stand for?",
+    "Who discovered penicillin and when?",
+    "What language is spoken in Brazil?",
+    "How does a vaccine train the immune system?",
+    "What is the boiling point of water at the top of Mount Everest?",
+    "Give me a short summary of the causes of the First World War.",
+    "According to our employee handbook, how many vacation days do new staff get?",
+)
+
+_SOURCES: ContextVar[list[dict[str, Any]] | None] = ContextVar("moe_agents_knowledge_sources", default=None)
+"""The passages retrieved for the call in progress, shared by ``build_messages`` and ``make_answer``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """A piece of a document, short enough to quote in a prompt.
+
+    Attributes:
+        source: the file name, or ``inline:<n>`` for the ``n``-th entry of ``documents`` given as text.
+        text: the passage.
+    """
+
+    source: str
+    text: str
+
+
+class KnowledgeExpert(LLMExpert):
+    """Answers factual questions, citing passages retrieved from its documents.
+
+    ``load`` reads the documents, splits them into passages on paragraph boundaries and embeds them
+    with ``encoder`` in a worker thread (``process`` loads on first use if the pipeline did not). Each
+    call retrieves the ``top_passages`` passages most similar to the request (cosine similarity),
+    quotes them in the prompt as numbered sources and asks the model to cite them as ``[1]``, ``[2]``.
+    The answer's ``metadata["sources"]`` lists them, best first, as dicts
+    ``{"source": str, "score": float, "text": str}``. Without documents it answers from the model alone
+    and ``sources`` is empty.
+
+    Args:
+        name: defaults to ``"knowledge"``.
+        backends: the models it may call.
+        system_prompt: replaces the default prompt.
+        exemplars: replace the default exemplars.
+        max_load: most concurrent calls.
+        timeout_s: per-call deadline in seconds.
+        settings: generation settings for every call.
+        capabilities: replace the default capability.
+        documents: a ``Path`` is a UTF-8 text or markdown file to read; a ``str`` is the text itself.
+        encoder: embeds passages and requests; ``None`` uses the bundled all-MiniLM-L6-v2.
+        top_passages: passages quoted per request.
+        passage_chars: the most characters per passage (a longer paragraph is split at sentences).
+
+    Raises:
+        ConfigError: ``top_passages`` or ``passage_chars`` is out of range, or (from ``load``) a
+            document cannot be read.
+    """
+
+    kind: ClassVar[str] = "knowledge"
+    default_system_prompt: ClassVar[str] = _SYSTEM_PROMPT
+    default_exemplars: ClassVar[tuple[str, ...]] = _EXEMPLARS
+    signals: ClassVar[tuple[Signal, ...]] = (
+        Signal(r"^\W*(?:who|when|where)\b", 0.3),
+        Signal(r"^\W*(?:what|which)\b", 0.15),
+        Signal(
+            r"\b(?:who|what|when|where|which)(?: \w+)? (?:is|was|are|were|did|does|do)\b(?! you\b)|"
+            r"\bwhat (?:year|century|country|city|language)\b",
+            0.15,
+        ),
+        Signal(
+            r"\bhow (?:many|much) \w+(?: \w+)? (?:are there|is there|does|do|did|were|was|is|are)\b|"
+            r"\bhuman body\b",
+            0.2,
+        ),
+        Signal(
+            r"\b(?:capital of|history|historical|define|definition|explain what|what does .{1,40} (?:mean|stand for)|"
+            r"tell me about|summary of|invented|discovered|founded|born|died|population of|"
+            r"located|official language|currency of|the (?:first|last) \w+ (?:to|of)|largest|smallest|tallest|"
+            r"longest|highest|deepest|century|ancient|empire|war|president|king|queen|dynasty|revolution|"
+            r"according to|geography|biology|chemistry|physics|anatomy|economics)\b",
+            0.3,
+        ),
+        Signal(r"\b(?:how does|how do|why does|why do|why is|why are) (?!you\b|i\b)\w+", 0.15),
+        Signal(  # embedded questions ("can you tell me who ...") and questions about who did what
+            r"\b(?:tell me|know|wonder(?:ing)?|explain|find out) (?:who|what|when|where|which|why|how)\b", 0.3
+        ),
+        Signal(
+            r"\bwho (?:\w+ )?(?:painted|wrote|composed|invented|discovered|founded|built|designed|directed|"
+            r"sang|won|killed|led|ruled|signed|named|first)\b",
+            0.2,
+        ),
+        Signal(r"\b(?:wiki(?:pedia)?|encyclop(?:a)?edia|source|sources|cite|reference|documentation)\b", 0.15),
+        # questions about the assistant itself are small talk, not facts
+        Signal(r"\b(?:your|yours|yourself)\b|\byou\b(?! (?:tell|explain|give|show|list|name|describe|define|"
+               r"summari[sz]e|recommend|remind|know|help))", -0.3),
+    )
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        backends: Sequence[Backend] = (),
+        system_prompt: str | None = None,
+        exemplars: Sequence[str] | None = None,
+        max_load: int = 4,
+        timeout_s: float | None = 120.0,
+        settings: GenerationSettings | None = None,
+        capabilities: Sequence[ExpertCapability] | None = None,
+        documents: Sequence[str | Path] = (),
+        encoder: Encoder | None = None,
+        top_passages: int = 3,
+        passage_chars: int = 600,
+    ) -> None:
+        super().__init__(
+            name,
+            backends=backends,
+            system_prompt=system_prompt,
+            exemplars=exemplars,
+            max_load=max_load,
+            timeout_s=timeout_s,
+            settings=settings,
+            capabilities=capabilities,
+        )
+        if isinstance(documents, (str, Path)):
+            raise ConfigError(f"expert {self.name!r}: documents must be a list of paths or texts, not one")
+        for doc in documents:
+            if not isinstance(doc, (str, Path)):
+                raise ConfigError(f"expert {self.name!r}: a document must be a str or Path, got {type(doc).__name__}")
+        if top_passages < 1:
+            raise ConfigError(f"expert {self.name!r}: top_passages must be >= 1, got {top_passages}")
+        if passage_chars < 50:
+            raise ConfigError(f"expert {self.name!r}: passage_chars must be >= 50, got {passage_chars}")
+        self.documents: tuple[str | Path, ...] = tuple(documents)
+        self.top_passages = top_passages
+        self.passage_chars = passage_chars
+        self._encoder = encoder
+        self._passages: tuple[Passage, ...] | None = None
+        self._vectors: np.ndarray | None = None  # (P, D)
+        self._load_lock = anyio.Lock()
+        self._limiter = anyio.CapacityLimiter(1)
+
+    @property
+    def encoder(self) -> Encoder:
+        """The encoder of passages and requests (the bundled one unless another was given)."""
+        if self._encoder is None:
+            from ..routing.encoder import bundled_encoder
+
+            self._encoder = bundled_encoder()
+        return self._encoder
+
+    @property
+    def passages(self) -> tuple[Passage, ...]:
+        """The passages of the loaded documents (empty before ``load``)."""
+        return self._passages or ()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the documents have been read and embedded."""
+        return self._passages is not None
+
+    async def load(self) -> None:
+        """Reads, splits and embeds the documents; does nothing if already loaded.
+
+        Raises:
+            ConfigError: a document file is missing, unreadable or not UTF-8 text.
+        """
+        async with self._load_lock:
+            if self._passages is not None:
+                return
+            passages: list[Passage] = []
+            for i, doc in enumerate(self.documents):
+                text, source = (await self._read(doc), doc.name) if isinstance(doc, Path) else (doc, f"inline:{i}")
+                passages.extend(Passage(source, chunk) for chunk in split_passages(text, self.passage_chars))
+            vectors = None
+            if passages:
+                texts = [p.text for p in passages]
+                vectors = await anyio.to_thread.run_sync(self.encoder.encode, texts, limiter=self._limiter)
+            self._vectors = vectors
+            self._passages = tuple(passages)
+
+    async def unload(self) -> None:
+        """Forgets the passages and their vectors (a later call loads them again)."""
+        async with self._load_lock:
+            self._passages = None
+            self._vectors = None
+
+    async def retrieve(self, text: str) -> list[dict[str, Any]]:
+        """The passages most similar to ``text``, best first, as ``{"source", "score", "text"}`` dicts.
+
+        Loads the documents first if needed; returns ``[]`` when there are none.
+        """
+        if not self.documents:
+            return []
+        await self.load()
+        passages, vectors = self._passages, self._vectors
+        if not passages or vectors is None:
+            return []
+        query = await anyio.to_thread.run_sync(self.encoder.encode, [text], limiter=self._limiter)  # (1, D)
+        scores = vectors @ query[0]  # (P,)
+        top = np.argsort(-scores, kind="stable")[: self.top_passages]
+        return [{"source": passages[i].source, "score": float(scores[i]), "text": passages[i].text} for i in top]
+
+    async def process(self, query: Query, *, on_chunk: ChunkCallback | None = None) -> Answer:
+        """Retrieves passages for ``query``, then answers it as ``LLMExpert.process`` does."""
+        token = _SOURCES.set(await self.retrieve(query.text))
+        try:
+            return await super().process(query, on_chunk=on_chunk)
+        finally:
+            _SOURCES.reset(token)
+
+    async def build_messages(self, query: Query) -> list[Message]:
+        """System prompt, then one user message: the numbered sources, the context and the request."""
+        sources = _SOURCES.get()
+        if sources is None:  # called on its own, not from process
+            sources = await self.retrieve(query.text)
+        if not sources:
+            return await super().build_messages(query)
+        quoted = "\n\n".join(
+            f"[{n}] ({s['source']})\n" + textwrap.indent(s["text"], "> ", lambda _: True)
+            for n, s in enumerate(sources, 1)
+        )
+        parts = [f"Sources:\n\n{quoted}"]
+        if query.context:
+            parts.append(query.context)
+        parts.append(f"Question: {query.text}\n\nAnswer using the sources above and cite them as [1], [2], ...")
+        return [
+            {"role": "system", "content": self.system_prompt},
+            {"role": "user", "content": "\n\n".join(parts)},
+        ]
+
+    def make_answer(self, query: Query, completion: Completion, *, confidence: float, latency_s: float) -> Answer:
+        """The base answer, with the retrieved passages in ``metadata["sources"]``."""
+        answer = super().make_answer(query, completion, confidence=confidence, latency_s=latency_s)
+        return replace(answer, metadata={**answer.metadata, "sources": list(_SOURCES.get() or [])})
+
+    async def _read(self, path: Path) -> str:
+        try:
+            return await anyio.Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(f"expert {self.name!r}: cannot read document {path}: {reason}", path=path) from exc
+
+
+def split_passages(text: str, max_chars: int) -> list[str]:
+    """Splits ``text`` into passages of at most ``max_chars`` characters on paragraph boundaries.
+
+    Consecutive short paragraphs (blank-line separated) are packed into one passage; a paragraph
+    longer than ``max_chars`` is split between sentences, and a sentence longer than that between
+    words. Whitespace inside a paragraph is collapsed.
+    """
+    pieces: list[tuple[str, str]] = []  # (separator before it, text)
+    for para in re.split(r"\n\s*\n", text):
+        para = " ".join(para.split())
+        if not para:
+            continue
+        if len(para) <= max_chars:
+            pieces.append(("\n\n", para))
+            continue
+        for i, sentence in enumerate(re.split(r"(?<=[.!?])\s+", para)):
+            chunks = textwrap.wrap(sentence, max_chars) if len(sentence) > max_chars else [sentence]
+            pieces.extend(("\n\n" if i == j == 0 else " ", chunk) for j, chunk in enumerate(chunks))
+    passages: list[str] = []
+    current = ""
+    for sep, piece in pieces:
+        joined = f"{current}{sep}{piece}" if current else piece
+        if len(joined) <= max_chars:
+            current = joined
+        else:
+            passages.append(current)
+            current = piece
+    if current:
+        passages.append(current)
+    return passages

@@ -1,0 +1,384 @@
+"""The pipeline: route → fan out to the chosen experts → aggregate → feedback."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+
+from .aggregators import Aggregation, Aggregator, EnsembleAggregator, WeightedAggregator
+from .backends.base import Backend, ChunkCallback
+from .errors import BackendTimeout, ConfigError, ExpertsFailed, InvalidInput, MoEError, RunError, UnknownResult
+from .experts.base import Expert
+from .routing.router import Router
+from .types import Answer, Query, Result, Selection, Usage
+
+if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+__all__ = ["AnswerStream", "Pipeline"]
+
+log = structlog.get_logger(__name__)
+
+_FALLBACK_MARKER = "\n\n[{failed} failed mid-answer; continuing with {next}]\n\n"
+
+
+@dataclass(slots=True)
+class _Run:
+    """Mutable bookkeeping of one run: what every expert call produced."""
+
+    answers: dict[str, Answer] = field(default_factory=dict)
+    errors: dict[str, RunError] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
+
+
+class _Emitter:
+    """Forwards chunks to the stream's sink and remembers whether any were sent."""
+
+    def __init__(self, sink: ChunkCallback) -> None:
+        self.sink = sink
+        self.emitted = False
+
+    async def __call__(self, text: str) -> None:
+        self.emitted = True
+        await self.sink(text)
+
+
+class Pipeline:
+    """A mixture of experts: a router picks experts, they answer concurrently, an aggregator merges.
+
+    Args:
+        experts: the experts, with unique names.
+        router: chooses experts per query (default: ``Router()`` with the bundled encoder, top-1).
+        aggregator: merges answers (default: ``WeightedAggregator()``).
+        keep_results: how many recent results are kept for ``feedback``.
+
+    Use it as an async context manager so that models load once up front and are released after;
+    ``run`` also works without it (models then load on first use).
+    """
+
+    def __init__(
+        self,
+        experts: Sequence[Expert],
+        *,
+        router: Router | None = None,
+        aggregator: Aggregator | None = None,
+        keep_results: int = 1024,
+    ) -> None:
+        if not experts:
+            raise ConfigError("a pipeline needs at least one expert")
+        names = [e.name for e in experts]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"duplicate expert names: {dupes}")
+        self._experts: dict[str, Expert] = {e.name: e for e in experts}
+        self.router = router or Router()
+        self.aggregator = aggregator or WeightedAggregator()
+        synth = getattr(self.aggregator, "synthesis_expert", None)
+        if isinstance(self.aggregator, EnsembleAggregator) and synth is not None and synth not in self._experts:
+            raise ConfigError(f"synthesis_expert {synth!r} is not an expert of this pipeline; experts: {names}")
+        if self.router.config.top_k > len(experts):
+            raise ConfigError(f"router.top_k is {self.router.config.top_k} but there are only {len(experts)} experts")
+        self._limiters = {e.name: anyio.CapacityLimiter(e.max_load) for e in experts}
+        self._results: OrderedDict[str, Result] = OrderedDict()
+        self._keep_results = keep_results
+        self._task_group: TaskGroup | None = None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, *, backends: Mapping[str, Backend] | None = None) -> Pipeline:
+        """Builds a pipeline from a YAML file (see ``moe_agents.config``).
+
+        Args:
+            path: the YAML file.
+            backends: backend objects by name; they replace or supply the file's named backends.
+        """
+        from .config import load_pipeline
+
+        return load_pipeline(path, backends=backends)
+
+    @property
+    def experts(self) -> Mapping[str, Expert]:
+        """The experts by name."""
+        return self._experts
+
+    @property
+    def backends(self) -> list[Backend]:
+        """Every distinct backend of every expert (a backend shared by experts appears once)."""
+        seen: dict[int, Backend] = {}
+        for expert in self._experts.values():
+            for backend in expert.backends:
+                seen.setdefault(id(backend), backend)
+        return list(seen.values())
+
+    async def __aenter__(self) -> Self:
+        backends = self.backends
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for backend in backends:
+                tg.start_soon(backend.load)
+            for expert in self._experts.values():
+                tg.start_soon(expert.load)
+            tg.start_soon(self.router.prepare, list(self._experts.values()))
+        log.info("pipeline.loaded", backends=[b.name for b in backends], s=round(time.perf_counter() - start, 3))
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()  # unfinished streams end with the pipeline
+            await self._task_group.__aexit__(None, None, None)
+            self._task_group = None
+        with anyio.CancelScope(shield=True):
+            for expert in self._experts.values():
+                await expert.unload()
+            for backend in self.backends:
+                await backend.unload()
+
+    async def route(self, query: Query | str) -> Selection:
+        """Chooses experts for ``query`` without calling any of them."""
+        return await self.router.route(_as_query(query), list(self._experts.values()))
+
+    async def run(self, query: Query | str) -> Result:
+        """Answers ``query``.
+
+        Raises:
+            InvalidInput: the query is empty.
+            NoCapableExpert: no expert accepts the query's attachments.
+            ExpertsFailed: every expert tried failed; it holds each error.
+        """
+        return await self._run(_as_query(query), None)
+
+    def stream(self, query: Query | str) -> AnswerStream:
+        """Answers ``query`` as an async iterator of text chunks, sent as they are generated.
+
+        A single chosen expert, and the synthesis step of ``ensemble``, stream token by token;
+        strategies that must see every answer first send the merged text once. After the last
+        chunk, ``stream.result`` holds the ``Result``. Needs ``async with pipeline:``.
+        """
+        if self._task_group is None:
+            raise MoEError("pipeline.stream() needs an open pipeline: use `async with pipeline:`")
+        q = _as_query(query)
+        send, receive = anyio.create_memory_object_stream[str](max_buffer_size=64)
+        stream = AnswerStream(receive)
+        self._task_group.start_soon(self._produce, q, send, stream)
+        return stream
+
+    async def feedback(self, result_id: str, score: float) -> None:
+        """Records a quality score in [0, 1] for a result's experts.
+
+        Raises:
+            UnknownResult: the id is not one of the last ``keep_results`` results.
+            InvalidInput: the score is outside [0, 1].
+        """
+        if not isinstance(score, int | float) or not 0.0 <= float(score) <= 1.0 or math.isnan(score):
+            raise InvalidInput(f"feedback score must be a number in [0, 1], got {score!r}")
+        result = self._results.get(result_id)
+        if result is None:
+            raise UnknownResult(result_id)
+        for name in result.answers:
+            self._experts[name].stats.record_feedback(float(score))
+        log.info("pipeline.feedback", result_id=result_id, score=float(score), experts=list(result.answers))
+
+    async def _produce(self, query: Query, send: MemoryObjectSendStream[str], stream: AnswerStream) -> None:
+        async with send:
+            try:
+                stream.result = await self._run(query, send.send, stream)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                log.info("pipeline.stream_abandoned")
+            except Exception as exc:  # handed to the consumer, never lost in the task group
+                stream.error = exc
+
+    async def _run(
+        self, query: Query, on_chunk: ChunkCallback | None, stream: AnswerStream | None = None
+    ) -> Result:
+        start = time.perf_counter()
+        selection = await self.router.route(query, list(self._experts.values()))
+        if stream is not None:
+            stream.selection = selection
+        run = _Run()
+        run.timings["route"] = time.perf_counter() - start
+        emitter = _Emitter(on_chunk) if on_chunk is not None else None
+        fan_out = self.aggregator.fan_out
+        targets = list(selection.experts if fan_out else selection.experts[:1])
+        stream_single = emitter if len(targets) == 1 else None
+
+        async def attempt(name: str, sink: ChunkCallback | None) -> None:
+            try:
+                await self._ask(run, name, query, sink)
+            except RunError:
+                pass  # recorded in run.errors
+
+        t = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for name in targets:
+                tg.start_soon(attempt, name, stream_single)
+        if not run.answers:
+            await self._fall_back(run, query, selection, emitter if stream_single else None)
+        run.timings["experts"] = time.perf_counter() - t
+        if not run.answers:
+            raise ExpertsFailed(
+                f"every expert tried failed: {sorted(run.errors)}", [run.errors[n] for n in run.errors]
+            )
+
+        t = time.perf_counter()
+        if len(run.answers) == 1 and (fan_out or len(selection.experts) == 1):
+            answer = next(iter(run.answers.values()))
+        else:
+            ordered = {n: run.answers[n] for n in selection.experts if n in run.answers}
+            ordered.update(run.answers)  # fallback answers after the selected ones
+
+            async def ask(name: str, q: Query, sink: ChunkCallback | None) -> Answer:
+                return await self._ask(run, name, q, sink)
+
+            job = Aggregation(query, selection, ordered, ask, emitter)
+            answer = await self.aggregator.aggregate(job)
+        run.timings["aggregate"] = time.perf_counter() - t
+        if emitter is not None and not emitter.emitted:
+            await emitter(answer.text)
+        run.timings["total"] = time.perf_counter() - start
+
+        result = Result(uuid.uuid4().hex, answer, selection, run.answers, run.errors, run.timings, run.usage)
+        self._remember(result)
+        log.info(
+            "pipeline.finished",
+            result_id=result.id,
+            experts=list(run.answers),
+            failed=list(run.errors),
+            ms=round(run.timings["total"] * 1000, 2),
+            cost_usd=run.usage.cost_usd,
+        )
+        return result
+
+    async def _fall_back(
+        self, run: _Run, query: Query, selection: Selection, emitter: _Emitter | None
+    ) -> None:
+        """Tries the experts that were not selected, best score first, until one answers."""
+        rest = sorted(
+            (
+                (name, score.permission)
+                for name, score in selection.scores.items()
+                if name not in run.errors and name not in selection.experts and score.expertise is not None
+            ),
+            key=lambda p: p[1],
+            reverse=True,
+        )
+        for name, _ in rest:
+            if emitter is not None and emitter.emitted:
+                await emitter(_FALLBACK_MARKER.format(failed=", ".join(run.errors), next=name))
+            log.info("pipeline.fallback", expert=name, failed=list(run.errors))
+            try:
+                await self._ask(run, name, query, emitter)
+                return
+            except RunError:
+                continue
+
+    async def _ask(self, run: _Run, name: str, query: Query, on_chunk: ChunkCallback | None) -> Answer:
+        """Calls one expert with its deadline and capacity; records the answer or the error."""
+        expert = self._experts.get(name)
+        if expert is None:
+            raise RunError(f"no expert named {name!r}; experts: {list(self._experts)}", expert=name)
+        start = time.perf_counter()
+        error: RunError | None = None
+        try:
+            with anyio.fail_after(expert.timeout_s):
+                async with self._limiters[name]:
+                    with expert.stats.running():
+                        answer = await expert.process(query, on_chunk=on_chunk)
+        except TimeoutError as exc:
+            error = BackendTimeout(
+                f"expert {name!r} timed out after {expert.timeout_s} s", expert=name, timeout_s=expert.timeout_s
+            )
+            error.__cause__ = exc
+        except RunError as exc:
+            error = exc
+            if error.expert is None:
+                error.expert = name
+        except Exception as exc:
+            error = RunError(f"expert {name!r} failed: {type(exc).__name__}: {exc}", expert=name)
+            error.__cause__ = exc
+        latency = time.perf_counter() - start
+        expert.stats.record(ok=error is None, latency_s=latency)
+        run.timings[f"expert.{name}"] = latency
+        if error is not None:
+            run.errors[name] = error
+            log.warning("expert.failed", expert=name, error=str(error), error_type=type(error).__name__)
+            raise error
+        run.answers[name] = answer
+        run.usage = run.usage + answer.usage
+        log.info("expert.answered", expert=name, model=answer.model, ms=round(latency * 1000, 2))
+        return answer
+
+    def _remember(self, result: Result) -> None:
+        self._results[result.id] = result
+        while len(self._results) > self._keep_results:
+            self._results.popitem(last=False)
+
+    def __repr__(self) -> str:
+        return f"Pipeline(experts={list(self._experts)}, aggregator={self.aggregator!r})"
+
+
+class AnswerStream:
+    """Text chunks of one answer as they are generated.
+
+    ``selection`` is set once the router has chosen (before the first chunk), ``result`` after the
+    last chunk.
+
+    Iterate it to the end, or close it (``await stream.aclose()`` or ``async with``) to stop early.
+    """
+
+    def __init__(self, receive: MemoryObjectReceiveStream[str]) -> None:
+        self._receive = receive
+        self.selection: Selection | None = None
+        self.result: Result | None = None
+        self.error: Exception | None = None
+
+    def __aiter__(self) -> AnswerStream:
+        return self
+
+    async def __anext__(self) -> str:
+        try:
+            return await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            self._receive.close()
+            if self.error is not None:
+                error, self.error = self.error, None
+                raise error from None
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        """Stops the stream; the rest of the answer is not generated."""
+        self._receive.close()
+
+    async def __aenter__(self) -> AnswerStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def text(self) -> str:
+        """Reads the stream to the end and returns the whole text."""
+        return "".join([chunk async for chunk in self])
+
+
+def _as_query(query: Query | str) -> Query:
+    if isinstance(query, str):
+        query = Query(query)
+    elif not isinstance(query, Query):
+        raise InvalidInput(f"expected a Query or a str, got {type(query).__name__}")
+    if not query.text.strip() and not query.attachments:
+        raise InvalidInput("the query is empty")
+    return query

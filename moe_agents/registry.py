@@ -1,0 +1,93 @@
+"""The registry of kinds that YAML may name: experts, backends and aggregators.
+
+Names in YAML resolve only through this registry (built-ins, what ``register_*`` added, and the
+entry points groups ``moe_agents.experts``, ``moe_agents.backends``, ``moe_agents.aggregators``);
+never through import paths written in a file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from .aggregators.base import Aggregator
+from .backends.base import Backend
+from .backends.specs import BUILTIN_BACKENDS, BackendKind
+from .errors import ConfigError
+from .experts.base import Expert
+
+__all__ = ["BackendKind", "Registry", "register_aggregator", "register_backend", "register_expert", "registry"]
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Table(Generic[T]):
+    what: str
+    group: str
+    items: dict[str, T] = field(default_factory=dict)
+    _scanned: bool = False
+
+    def add(self, name: str, item: T) -> None:
+        if not name or not name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"{self.what} name must be alphanumeric (with - or _), got {name!r}")
+        self.items[name] = item
+
+    def get(self, name: str) -> T:
+        if name not in self.items and not self._scanned:
+            self._scanned = True
+            for ep in entry_points(group=self.group):
+                self.items.setdefault(ep.name, ep.load())
+        try:
+            return self.items[name]
+        except KeyError:
+            raise ConfigError(f"unknown {self.what} {name!r}; known: {sorted(self.items)}") from None
+
+    def known(self) -> list[str]:
+        return sorted(self.items)
+
+
+class Registry:
+    """Expert kinds, backend kinds and aggregator strategies by name."""
+
+    def __init__(self) -> None:
+        self.experts: _Table[type[Expert]] = _Table("expert kind", "moe_agents.experts")
+        self.backends: _Table[BackendKind] = _Table("backend kind", "moe_agents.backends")
+        self.aggregators: _Table[type[Aggregator]] = _Table("aggregation strategy", "moe_agents.aggregators")
+
+
+def _builtin_registry() -> Registry:
+    from .aggregators import BUILTIN_AGGREGATORS
+    from .experts import BUILTIN_EXPERTS
+
+    reg = Registry()
+    for kind, cls in BUILTIN_EXPERTS.items():
+        reg.experts.add(kind, cls)
+    for kind, backend_kind in BUILTIN_BACKENDS.items():
+        reg.backends.add(kind, backend_kind)
+    for name, agg in BUILTIN_AGGREGATORS.items():
+        reg.aggregators.add(name, agg)
+    return reg
+
+
+registry = _builtin_registry()
+"""The registry YAML pipelines use unless given another."""
+
+
+def register_expert(kind: str, cls: type[Expert]) -> None:
+    """Makes ``kind: <kind>`` in YAML build ``cls`` (it receives the expert's YAML fields as keywords)."""
+    registry.experts.add(kind, cls)
+
+
+def register_backend(kind: str, spec: type[BaseModel], build: Callable[[Any], Backend]) -> None:
+    """Makes ``kind: <kind>`` under ``backends:`` validate its options with ``spec`` and build with ``build``."""
+    registry.backends.add(kind, BackendKind(spec, build))
+
+
+def register_aggregator(name: str, cls: type[Aggregator]) -> None:
+    """Makes ``aggregation.strategy: <name>`` use ``cls``."""
+    registry.aggregators.add(name, cls)

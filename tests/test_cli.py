@@ -1,0 +1,137 @@
+"""The CLI, driven through typer's runner on a pipeline of offline litellm mock backends."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from moe_agents.cli import app
+
+CONFIG = """\
+router: {top_k: 1}
+backends:
+  mock:
+    kind: litellm
+    model: openai/gpt-4o-mini
+    api_key: sk-test
+    params: {mock_response: "Mocked answer from the model."}
+  broken:
+    kind: litellm
+    model: openai/gpt-4o-mini
+    api_key: sk-test
+    num_retries: 0
+    params: {mock_response: "litellm.InternalServerError"}
+experts:
+  - {name: coding, kind: coding, backends: [mock]}
+  - {name: reasoning, kind: reasoning, backends: [mock]}
+  - {name: knowledge, kind: knowledge, backends: [mock], documents: [{text: "Atlantis has two moons."}]}
+  - {name: epistemic, kind: epistemic, backends: [broken]}
+  - {name: omni, kind: omni, backends: []}
+"""
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "cli.yaml"
+    path.write_text(textwrap.dedent(CONFIG), encoding="utf-8")
+    return path
+
+
+class TestAsk:
+    def test_ask_prints_the_answer(self, config: Path) -> None:
+        """`ask` prints the merged answer on stdout."""
+        out = runner.invoke(app, ["ask", "Fix this Python traceback please", "--config", str(config)])
+        assert out.exit_code == 0, out.output
+        assert "Mocked answer from the model." in out.stdout
+
+    def test_ask_json_has_selection_and_answer(self, config: Path) -> None:
+        """`ask --json` prints the result as JSON with the selection's scores."""
+        out = runner.invoke(app, ["ask", "Write a Python function to sort a list", "--json", "-c", str(config)])
+        assert out.exit_code == 0, out.output
+        data = json.loads(out.stdout)
+        assert data["answer"]["text"] == "Mocked answer from the model."
+        assert data["selection"]["experts"] == ["coding"]
+        assert set(data["selection"]["scores"]) == {"coding", "reasoning", "knowledge", "epistemic", "omni"}
+
+    def test_failing_expert_falls_back_and_is_reported(self, config: Path) -> None:
+        """An expert whose backend fails is reported while a fallback expert answers."""
+        out = runner.invoke(app, ["ask", "Do you think free will exists?", "--json", "-c", str(config)])
+        assert out.exit_code == 0, out.output
+        data = json.loads(out.stdout)
+        assert data["selection"]["experts"] == ["epistemic"]
+        assert "epistemic" in data["errors"]
+        assert data["answer"]["text"] == "Mocked answer from the model."
+
+    def test_image_without_multimodal_backend_is_a_clear_error(self, config: Path, tmp_path: Path) -> None:
+        """An image goes to omni; with no multimodal backend the CLI exits 1 with one error line."""
+        image = tmp_path / "cat.png"
+        image.write_bytes(b"\x89PNG\r\n\x1a\n")
+        out = runner.invoke(app, ["ask", "What is in this picture?", "--image", str(image), "-c", str(config)])
+        assert out.exit_code == 1
+        assert "omni" in out.stderr and "Traceback" not in out.output
+
+    def test_missing_attachment(self, config: Path) -> None:
+        """A missing attachment path exits 2 naming the path."""
+        out = runner.invoke(app, ["ask", "what?", "--image", "/nonexistent/x.png", "-c", str(config)])
+        assert out.exit_code == 2
+        assert "/nonexistent/x.png" in out.stderr
+
+    def test_bad_config_is_one_line(self, tmp_path: Path) -> None:
+        """A broken config exits 1 with file:line and no traceback."""
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("experts:\n  - name: a\n    kind: wizard\n", encoding="utf-8")
+        out = runner.invoke(app, ["ask", "hi", "-c", str(bad)])
+        assert out.exit_code == 1
+        assert f"{bad}:3" in out.stderr and "wizard" in out.stderr
+        assert "Traceback" not in out.output
+
+
+class TestRoute:
+    def test_route_json(self, config: Path) -> None:
+        """`route --json` shows the selection without calling any model."""
+        out = runner.invoke(app, ["route", "What is 17 * 23?", "--json", "-c", str(config)])
+        assert out.exit_code == 0, out.output
+        data = json.loads(out.stdout)
+        assert data["experts"] == ["reasoning"]
+        assert abs(sum(data["weights"]) - 1) < 1e-9
+
+    def test_route_table(self, config: Path) -> None:
+        """`route` prints a table of every expert's scores."""
+        out = runner.invoke(app, ["route", "Who painted the Mona Lisa?", "-c", str(config)])
+        assert out.exit_code == 0, out.output
+        for name in ("coding", "reasoning", "knowledge", "epistemic", "omni"):
+            assert name in out.stdout
+
+
+class TestExperts:
+    def test_lists_experts(self, config: Path) -> None:
+        """`experts` lists each expert with its kind and backends."""
+        out = runner.invoke(app, ["experts", "-c", str(config)], env={"COLUMNS": "200"})
+        assert out.exit_code == 0, out.output
+        assert "KnowledgeExpert" in out.stdout and "litellm:openai/gpt-4o-mini" in out.stdout
+
+
+class TestChat:
+    def test_chat_session(self, config: Path) -> None:
+        """A scripted chat: a request streams its answer, /route, /feedback and /quit work."""
+        script = "\n".join(
+            ["Write a Python function to add numbers", "/route Who wrote Hamlet?", "/feedback good", "/bogus", "/quit"]
+        )
+        out = runner.invoke(app, ["chat", "-c", str(config)], input=script + "\n")
+        assert out.exit_code == 0, out.output
+        assert "Mocked answer from the model." in out.stdout
+        assert "→ coding" in out.stdout
+        assert "knowledge" in out.stdout
+        assert "recorded good for coding" in out.stdout
+        assert "unknown command /bogus" in out.stdout
+
+    def test_chat_ends_on_eof(self, config: Path) -> None:
+        """End of input ends the chat cleanly."""
+        out = runner.invoke(app, ["chat", "-c", str(config)], input="")
+        assert out.exit_code == 0, out.output

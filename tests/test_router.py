@@ -1,0 +1,154 @@
+"""The first router: centroid gate × self-assessment, load penalty, modality, top-k."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moe_agents import ConfigError, LLMExpert, Query, Router, RouterConfig
+from moe_agents.experts import CodingExpert, EpistemicExpert, KnowledgeExpert, OmniExpert, ReasoningExpert
+from moe_agents.experts.base import Signal
+from moe_agents.routing.encoder import SentenceEncoder
+from moe_agents.testing import HashingEncoder
+
+
+class Fixed(LLMExpert):
+    """An expert with a fixed self-assessment."""
+
+    def __init__(self, name: str, confidence: float, exemplars: tuple[str, ...]) -> None:
+        super().__init__(name, exemplars=exemplars)
+        self.confidence = confidence
+
+    async def can_handle(self, query: Query) -> float:
+        return self.confidence
+
+
+def experts() -> list[LLMExpert]:
+    return [
+        Fixed("a", 0.9, ("apples and oranges", "fruit salad")),
+        Fixed("b", 0.1, ("cars and trucks", "engine repair")),
+        Fixed("c", 0.5, ("stars and planets", "telescope")),
+    ]
+
+
+class TestConfig:
+    @pytest.mark.parametrize(
+        "kwargs",
+        [{"top_k": 0}, {"gate_weight": 1.5}, {"min_confidence": -0.1}, {"temperature": 0}],
+        ids=["top_k", "gate_weight", "min_confidence", "temperature"],
+    )
+    def test_invalid_settings_are_config_errors(self, kwargs: dict[str, float]) -> None:
+        """Out-of-range router settings are rejected when configured."""
+        with pytest.raises(ConfigError):
+            RouterConfig(**kwargs)  # type: ignore[arg-type]
+
+
+class TestRoute:
+    async def test_expertise_mixes_gate_and_self_assessment(self) -> None:
+        """expertise = gate_weight × gate + (1 − gate_weight) × can_handle, per candidate."""
+        router = Router(RouterConfig(top_k=3, gate_weight=0.6), encoder=HashingEncoder())
+        selection = await router.route(Query("fruit salad with apples"), experts())
+        gates = [selection.scores[n].gate for n in "abc"]
+        assert sum(gates) == pytest.approx(1.0)  # type: ignore[arg-type]
+        for name in "abc":
+            s = selection.scores[name]
+            assert s.expertise == pytest.approx(0.6 * s.gate + 0.4 * s.self_assessment)  # type: ignore[operator]
+            assert s.permission == pytest.approx(s.expertise)
+        assert selection.experts[0] == "a"
+
+    async def test_weights_are_normalised_best_first(self) -> None:
+        """Chosen weights sum to 1 and follow the permission order."""
+        router = Router(RouterConfig(top_k=2), encoder=HashingEncoder())
+        selection = await router.route(Query("telescope for stars"), experts())
+        assert len(selection.experts) == 2
+        assert sum(selection.weights) == pytest.approx(1.0)
+        assert list(selection.weights) == sorted(selection.weights, reverse=True)
+        perms = [selection.scores[e].permission for e in selection.experts]
+        assert selection.weights[0] / selection.weights[1] == pytest.approx(perms[0] / perms[1])
+
+    async def test_gate_weight_zero_uses_self_assessment_only(self) -> None:
+        """With gate_weight 0 the highest self-assessment wins whatever the text says."""
+        router = Router(RouterConfig(gate_weight=0.0), encoder=HashingEncoder())
+        selection = await router.route(Query("engine repair for trucks"), experts())
+        assert selection.experts == ("a",)
+
+    async def test_overloaded_expert_is_penalised(self) -> None:
+        """An expert at max_load has its permission halved."""
+        pool = experts()
+        router = Router(RouterConfig(top_k=3), encoder=HashingEncoder())
+        before = (await router.route(Query("apples"), pool)).scores["a"].permission
+        pool[0].max_load = 1
+        pool[0].stats.current_load = 1
+        after = await router.route(Query("apples"), pool)
+        assert after.scores["a"].permission == pytest.approx(before * 0.5)
+        assert after.scores["a"].note == "at max_load"
+        assert after.scores["a"].load == 1.0
+
+    async def test_min_confidence_keeps_only_confident_experts(self) -> None:
+        """Experts below min_confidence are dropped from the top-k."""
+        router = Router(RouterConfig(top_k=3, min_confidence=0.45), encoder=HashingEncoder())
+        selection = await router.route(Query("apples and oranges fruit salad"), experts())
+        assert selection.mode == "router"
+        assert all(selection.scores[e].permission >= 0.45 for e in selection.experts)
+        assert "b" not in selection.experts
+
+    async def test_nothing_confident_still_picks_the_best(self) -> None:
+        """When no expert reaches min_confidence, the best one is chosen in low_confidence mode."""
+        router = Router(RouterConfig(min_confidence=0.99), encoder=HashingEncoder())
+        selection = await router.route(Query("apples"), experts())
+        assert selection.mode == "low_confidence"
+        assert len(selection.experts) == 1
+
+    async def test_embeddings_are_cached(self) -> None:
+        """A repeated query is embedded once."""
+        calls: list[list[str]] = []
+
+        class Counting(HashingEncoder):
+            def encode(self, texts):  # type: ignore[no-untyped-def]
+                calls.append(list(texts))
+                return super().encode(texts)
+
+        router = Router(encoder=Counting())
+        await router.route(Query("apples"), experts())
+        await router.route(Query("apples"), experts())
+        assert [c for c in calls if c == ["apples"]] == [["apples"]]
+
+    async def test_experts_without_exemplars_get_a_uniform_gate(self) -> None:
+        """With no exemplars at all, the gate is uniform and self-assessment decides."""
+        pool = [Fixed("x", 0.2, ()), Fixed("y", 0.8, ())]
+        selection = await Router(encoder=HashingEncoder()).route(Query("anything"), pool)
+        assert selection.scores["x"].gate == pytest.approx(0.5)
+        assert selection.experts == ("y",)
+
+
+ROUTED = [
+    ("coding", "My Python script throws a KeyError when I read the config dict, how do I fix it?"),
+    ("coding", "Write a SQL query that returns the top 5 customers by total order value"),
+    ("reasoning", "A shop sells pens at 3 for $2. How much do 18 pens cost?"),
+    ("reasoning", "Solve for x: 3x - 7 = 11"),
+    ("knowledge", "Who wrote the novel Pride and Prejudice?"),
+    ("knowledge", "What is the capital city of Australia?"),
+    ("epistemic", "Do you think it is ever right to lie to protect someone?"),
+    ("epistemic", "hey, how's your day going?"),
+]
+
+
+@pytest.fixture(scope="module")
+def default_experts() -> list[LLMExpert]:
+    return [CodingExpert(), ReasoningExpert(), KnowledgeExpert(), EpistemicExpert(), OmniExpert()]
+
+
+class TestWithRealEncoder:
+    @pytest.mark.parametrize(("expected", "text"), ROUTED, ids=[f"{e}-{i}" for i, (e, _) in enumerate(ROUTED)])
+    async def test_obvious_requests_reach_their_expert(
+        self, minilm: SentenceEncoder, default_experts: list[LLMExpert], expected: str, text: str
+    ) -> None:
+        """With the bundled encoder and default exemplars, obvious requests go to the right expert."""
+        selection = await Router(encoder=minilm).route(Query(text), default_experts)
+        assert selection.experts[0] == expected, {n: round(s.permission, 3) for n, s in selection.scores.items()}
+
+    def test_embeddings_are_unit_length(self, minilm: SentenceEncoder) -> None:
+        """The bundled encoder returns L2-normalised float32 vectors of dimension 384."""
+        v = minilm.encode(["one", "two three"])
+        assert v.shape == (2, 384) and v.dtype == np.float32
+        assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
