@@ -26,8 +26,12 @@ _FINAL_LINE = re.compile(
 )
 _HASHES = re.compile(r"^[ \t]*####[ \t]*(?P<rest>.*)$", re.MULTILINE)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_ANSWER_IS = re.compile(r"\bthe[ \t]+(?:final[ \t]+|correct[ \t]+)?answer[ \t]+is[ \t:]*(?P<rest>[^\n]*)", re.IGNORECASE)
-_ANSWER_LINE = re.compile(r"^[ \t*_]*(?:answer|a)[ \t*_]*[:：][ \t*_]*(?P<rest>.*)$", re.IGNORECASE | re.MULTILINE)
+_ANSWER_IS = re.compile(
+    r"\bthe[ \t]+(?:final[ \t]+|correct[ \t]+)?answer[ \t]+is[ \t:]*(?P<rest>[^\n]*)", re.IGNORECASE
+)
+_ANSWER_LINE = re.compile(
+    r"^[ \t*_]*(?:answer|a)[ \t*_]*[:：][ \t*_]*(?P<rest>.*)$", re.IGNORECASE | re.MULTILINE
+)
 
 _NUMERIC = re.compile(
     r"^(?:[a-z][ \t]*=[ \t]*)?(?P<sign>[-+−]?)[ \t]*[$€£¥]?[ \t]*(?P<sign2>[-+−]?)"

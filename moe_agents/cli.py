@@ -51,7 +51,7 @@ def _setup(verbose: bool) -> None:
     level = logging.INFO if verbose else logging.WARNING
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),  # the stderr of the moment
         processors=[structlog.processors.add_log_level, structlog.dev.ConsoleRenderer(colors=False)],
         cache_logger_on_first_use=False,
     )
@@ -118,7 +118,9 @@ def _result_json(result: Result) -> dict[str, Any]:
             "metadata": _plain(result.answer.metadata),
         },
         "selection": _selection_json(result.selection),
-        "answers": {n: {"text": a.text, "model": a.model, "latency_s": a.latency_s} for n, a in result.answers.items()},
+        "answers": {
+            n: {"text": a.text, "model": a.model, "latency_s": a.latency_s} for n, a in result.answers.items()
+        },
         "errors": {n: f"{type(e).__name__}: {e}" for n, e in result.errors.items()},
         "timings": dict(result.timings),
         "cost": {
@@ -208,7 +210,14 @@ def _scores_table(selection: Selection) -> Table:
     for name, s in ranked:
         chosen = f"{selection.weight(name):.2f}" if name in selection.experts else ""
         table.add_row(
-            name, f(s.gate), f(s.self_assessment), f(s.load), f(s.expertise), f(s.permission), chosen, s.note or ""
+            name,
+            f(s.gate),
+            f(s.self_assessment),
+            f(s.load),
+            f(s.expertise),
+            f(s.permission),
+            chosen,
+            s.note or "",
         )
     return table
 

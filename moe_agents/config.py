@@ -56,14 +56,17 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_ROUTER = RouterConfig()
+
+
 class RouterSpec(_Spec):
-    """``router:``"""
+    """``router:`` (defaults: those of ``RouterConfig``)"""
 
     encoder: str = BUNDLED_ENCODER
-    top_k: int = Field(default=1, ge=1)
-    min_confidence: float = Field(default=0.0, ge=0.0, le=1.0)
-    gate_weight: float = Field(default=0.6, ge=0.0, le=1.0)
-    temperature: float = Field(default=0.05, gt=0.0)
+    top_k: int = Field(default=_ROUTER.top_k, ge=1)
+    min_confidence: float = Field(default=_ROUTER.min_confidence, ge=0.0, le=1.0)
+    gate_weight: float = Field(default=_ROUTER.gate_weight, ge=0.0, le=1.0)
+    temperature: float = Field(default=_ROUTER.temperature, gt=0.0)
 
 
 class AggregationSpec(_Spec):
@@ -227,9 +230,16 @@ class _Builder:
                 raise self.error(f"duplicate expert name {name!r}", ("experts", i, "name"))
         r = self.spec.router
         if r.top_k > len(experts):
-            raise self.error(f"top_k is {r.top_k} but there are only {len(experts)} experts", ("router", "top_k"))
+            raise self.error(
+                f"top_k is {r.top_k} but there are only {len(experts)} experts", ("router", "top_k")
+            )
         router = Router(
-            RouterConfig(top_k=r.top_k, min_confidence=r.min_confidence, gate_weight=r.gate_weight, temperature=r.temperature),
+            RouterConfig(
+                top_k=r.top_k,
+                min_confidence=r.min_confidence,
+                gate_weight=r.gate_weight,
+                temperature=r.temperature,
+            ),
             encoder=encoder,
         )
         return Pipeline(experts, router=router, aggregator=self.aggregator(names))
@@ -272,7 +282,8 @@ class _Builder:
             if isinstance(ref, str):
                 if ref not in self.named:
                     raise self.error(
-                        f"unknown backend {ref!r}; named backends: {sorted(self.named)}", (*loc, "backends", j)
+                        f"unknown backend {ref!r}; named backends: {sorted(self.named)}",
+                        (*loc, "backends", j),
                     )
                 backends.append(self.named[ref])
             else:
@@ -331,7 +342,8 @@ class _Builder:
                 )
             if "synthesis_expert" not in inspect.signature(cls).parameters:
                 raise self.error(
-                    f"strategy {agg.strategy!r} takes no synthesis_expert", ("aggregation", "synthesis_expert")
+                    f"strategy {agg.strategy!r} takes no synthesis_expert",
+                    ("aggregation", "synthesis_expert"),
                 )
             return cls(synthesis_expert=agg.synthesis_expert)  # type: ignore[call-arg]
         return cls()
@@ -352,10 +364,15 @@ def _to_python(node: yaml.Node, loc: Loc, lines: dict[Loc, int], path: Path) -> 
         for key_node, value_node in node.value:
             key = _scalar(key_node)
             if key == "<<":
-                raise ConfigError("YAML merge keys (<<) are not supported", path=path, line=key_node.start_mark.line + 1)
+                raise ConfigError(
+                    "YAML merge keys (<<) are not supported", path=path, line=key_node.start_mark.line + 1
+                )
             if key in out:
                 raise ConfigError(
-                    f"duplicate key {key!r}", path=path, line=key_node.start_mark.line + 1, key=_dotted((*loc, key))
+                    f"duplicate key {key!r}",
+                    path=path,
+                    line=key_node.start_mark.line + 1,
+                    key=_dotted((*loc, key)),
                 )
             out[key] = _to_python(value_node, (*loc, key), lines, path)
             lines[(*loc, key)] = key_node.start_mark.line + 1
@@ -379,7 +396,9 @@ def _interpolate(value: str, path: Path, line: int, loc: Loc) -> str:
             return os.environ[name]
         if default is not None:
             return default
-        raise ConfigError(f"environment variable ${{{name}}} is not set", path=path, line=line, key=_dotted(loc))
+        raise ConfigError(
+            f"environment variable ${{{name}}} is not set", path=path, line=line, key=_dotted(loc)
+        )
 
     return _ENV.sub(sub, value)
 
@@ -404,10 +423,10 @@ def _data_loc(data: Any, loc: Sequence[str | int]) -> Loc:
     """Drops the parts of a pydantic error location that name union members, not data keys."""
     out: list[str | int] = []
     for i, part in enumerate(loc):
-        if isinstance(data, dict) and part in data:
-            data = data[part]
-        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
-            data = data[part]
+        if (isinstance(data, dict) and part in data) or (
+            isinstance(data, list) and isinstance(part, int) and part < len(data)
+        ):
+            data = data[part]  # type: ignore[index]
         elif isinstance(data, dict) and i == len(loc) - 1:
             pass  # a missing or unknown key of this mapping
         else:

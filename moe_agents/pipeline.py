@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import uuid
@@ -18,7 +19,15 @@ from anyio.abc import TaskGroup
 
 from .aggregators import Aggregation, Aggregator, EnsembleAggregator, WeightedAggregator
 from .backends.base import Backend, ChunkCallback
-from .errors import BackendTimeout, ConfigError, ExpertsFailed, InvalidInput, MoEError, RunError, UnknownResult
+from .errors import (
+    BackendTimeout,
+    ConfigError,
+    ExpertsFailed,
+    InvalidInput,
+    MoEError,
+    RunError,
+    UnknownResult,
+)
 from .experts.base import Expert
 from .routing.router import Router
 from .types import Answer, Query, Result, Selection, Usage
@@ -86,10 +95,18 @@ class Pipeline:
         self.router = router or Router()
         self.aggregator = aggregator or WeightedAggregator()
         synth = getattr(self.aggregator, "synthesis_expert", None)
-        if isinstance(self.aggregator, EnsembleAggregator) and synth is not None and synth not in self._experts:
-            raise ConfigError(f"synthesis_expert {synth!r} is not an expert of this pipeline; experts: {names}")
+        if (
+            isinstance(self.aggregator, EnsembleAggregator)
+            and synth is not None
+            and synth not in self._experts
+        ):
+            raise ConfigError(
+                f"synthesis_expert {synth!r} is not an expert of this pipeline; experts: {names}"
+            )
         if self.router.config.top_k > len(experts):
-            raise ConfigError(f"router.top_k is {self.router.config.top_k} but there are only {len(experts)} experts")
+            raise ConfigError(
+                f"router.top_k is {self.router.config.top_k} but there are only {len(experts)} experts"
+            )
         self._limiters = {e.name: anyio.CapacityLimiter(e.max_load) for e in experts}
         self._results: OrderedDict[str, Result] = OrderedDict()
         self._keep_results = keep_results
@@ -130,7 +147,9 @@ class Pipeline:
             for expert in self._experts.values():
                 tg.start_soon(expert.load)
             tg.start_soon(self.router.prepare, list(self._experts.values()))
-        log.info("pipeline.loaded", backends=[b.name for b in backends], s=round(time.perf_counter() - start, 3))
+        log.info(
+            "pipeline.loaded", backends=[b.name for b in backends], s=round(time.perf_counter() - start, 3)
+        )
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         return self
@@ -217,10 +236,8 @@ class Pipeline:
         stream_single = emitter if len(targets) == 1 else None
 
         async def attempt(name: str, sink: ChunkCallback | None) -> None:
-            try:
+            with contextlib.suppress(RunError):  # recorded in run.errors
                 await self._ask(run, name, query, sink)
-            except RunError:
-                pass  # recorded in run.errors
 
         t = time.perf_counter()
         async with anyio.create_task_group() as tg:
@@ -300,7 +317,9 @@ class Pipeline:
                         answer = await expert.process(query, on_chunk=on_chunk)
         except TimeoutError as exc:
             error = BackendTimeout(
-                f"expert {name!r} timed out after {expert.timeout_s} s", expert=name, timeout_s=expert.timeout_s
+                f"expert {name!r} timed out after {expert.timeout_s} s",
+                expert=name,
+                timeout_s=expert.timeout_s,
             )
             error.__cause__ = exc
         except RunError as exc:

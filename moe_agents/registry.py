@@ -20,7 +20,14 @@ from .backends.specs import BUILTIN_BACKENDS, BackendKind
 from .errors import ConfigError
 from .experts.base import Expert
 
-__all__ = ["BackendKind", "Registry", "register_aggregator", "register_backend", "register_expert", "registry"]
+__all__ = [
+    "BackendKind",
+    "Registry",
+    "register_aggregator",
+    "register_backend",
+    "register_expert",
+    "registry",
+]
 
 T = TypeVar("T")
 
@@ -84,7 +91,7 @@ def register_expert(kind: str, cls: type[Expert]) -> None:
 
 
 def register_backend(kind: str, spec: type[BaseModel], build: Callable[[Any], Backend]) -> None:
-    """Makes ``kind: <kind>`` under ``backends:`` validate its options with ``spec`` and build with ``build``."""
+    """Makes ``kind: <kind>`` under ``backends:`` validate its options with ``spec``, built by ``build``."""
     registry.backends.add(kind, BackendKind(spec, build))
 
 

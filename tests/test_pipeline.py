@@ -65,7 +65,10 @@ def echo(tag: str):
 
 
 def make(top_k: int = 1, aggregator=None, **backends: FunctionBackend) -> Pipeline:
-    b = {name: backends.get(name, FunctionBackend(echo(name), name=name)) for name in ("coding", "maths", "talk")}
+    b = {
+        name: backends.get(name, FunctionBackend(echo(name), name=name))
+        for name in ("coding", "maths", "talk")
+    }
     experts = [Coder(backends=[b["coding"]]), Mathy(backends=[b["maths"]]), Talker(backends=[b["talk"]])]
     router = Router(RouterConfig(top_k=top_k), encoder=HashingEncoder())
     return Pipeline(experts, router=router, aggregator=aggregator)
@@ -352,10 +355,9 @@ class TestStream:
 
     async def test_closing_a_stream_early_stops_it(self) -> None:
         """A consumer that stops after one chunk leaves nothing running once the pipeline closes."""
-        async with make() as pipeline:
-            async with pipeline.stream("python bug with many words in it") as stream:
-                async for _ in stream:
-                    break
+        async with make() as pipeline, pipeline.stream("python bug with many words in it") as stream:
+            async for _ in stream:
+                break
         assert stream.result is None
 
 

@@ -7,7 +7,6 @@ import pytest
 
 from moe_agents import ConfigError, LLMExpert, Query, Router, RouterConfig
 from moe_agents.experts import CodingExpert, EpistemicExpert, KnowledgeExpert, OmniExpert, ReasoningExpert
-from moe_agents.experts.base import Signal
 from moe_agents.routing.encoder import SentenceEncoder
 from moe_agents.testing import HashingEncoder
 
@@ -139,13 +138,17 @@ def default_experts() -> list[LLMExpert]:
 
 
 class TestWithRealEncoder:
-    @pytest.mark.parametrize(("expected", "text"), ROUTED, ids=[f"{e}-{i}" for i, (e, _) in enumerate(ROUTED)])
+    @pytest.mark.parametrize(
+        ("expected", "text"), ROUTED, ids=[f"{e}-{i}" for i, (e, _) in enumerate(ROUTED)]
+    )
     async def test_obvious_requests_reach_their_expert(
         self, minilm: SentenceEncoder, default_experts: list[LLMExpert], expected: str, text: str
     ) -> None:
         """With the bundled encoder and default exemplars, obvious requests go to the right expert."""
         selection = await Router(encoder=minilm).route(Query(text), default_experts)
-        assert selection.experts[0] == expected, {n: round(s.permission, 3) for n, s in selection.scores.items()}
+        assert selection.experts[0] == expected, {
+            n: round(s.permission, 3) for n, s in selection.scores.items()
+        }
 
     def test_embeddings_are_unit_length(self, minilm: SentenceEncoder) -> None:
         """The bundled encoder returns L2-normalised float32 vectors of dimension 384."""

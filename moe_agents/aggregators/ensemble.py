@@ -36,7 +36,9 @@ class EnsembleAggregator(Aggregator):
             for i, a in enumerate(job.answers.values(), 1)
         )
         synthesiser = self.synthesis_expert or next(iter(job.answers))
-        answer = await job.ask(synthesiser, job.query.with_context(_SYNTHESISE.format(answers=quoted)), job.on_chunk)
+        answer = await job.ask(
+            synthesiser, job.query.with_context(_SYNTHESISE.format(answers=quoted)), job.on_chunk
+        )
         return replace(
             answer,
             metadata={**answer.metadata, "strategy": self.name, "sources": list(job.answers)},

@@ -23,9 +23,7 @@ class VotingAggregator(Aggregator):
         groups: defaultdict[str, list[Answer]] = defaultdict(list)
         for answer in job.answers.values():
             groups[answer_key(answer.text)].append(answer)
-        key, members = max(
-            groups.items(), key=lambda kv: (len(kv[1]), sum(job.score(a) for a in kv[1]))
-        )
+        key, members = max(groups.items(), key=lambda kv: (len(kv[1]), sum(job.score(a) for a in kv[1])))
         best = max(members, key=job.score)
         votes = {k: [a.expert for a in v] for k, v in groups.items()}
         return replace(

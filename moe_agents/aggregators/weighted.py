@@ -23,5 +23,10 @@ class WeightedAggregator(Aggregator):
         ]
         return replace(
             best,
-            metadata={**best.metadata, "strategy": self.name, "score": job.score(best), "alternatives": alternatives},
+            metadata={
+                **best.metadata,
+                "strategy": self.name,
+                "score": job.score(best),
+                "alternatives": alternatives,
+            },
         )

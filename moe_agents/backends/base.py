@@ -7,7 +7,7 @@ of text as it is generated, then still returns the whole ``Completion``.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from ..types import Message, Usage
@@ -45,7 +45,7 @@ class Completion:
 
     text: str
     model: str
-    usage: Usage = Usage()
+    usage: Usage = field(default_factory=Usage)
     finish_reason: str | None = None
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType, ModuleType
 from typing import Any
 
+import anyio.to_thread
 import structlog
 from pydantic import SecretStr
 
@@ -48,11 +49,17 @@ _RETRYABLE_ERRORS = (
 )
 
 
-def _litellm() -> ModuleType:
+def _import_litellm() -> ModuleType:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
     return litellm
+
+
+async def _litellm() -> ModuleType:
+    """The litellm module, imported in a worker thread: the first import takes seconds, and a
+    concurrent caller waits there for it to finish rather than seeing a half-initialised module."""
+    return await anyio.to_thread.run_sync(_import_litellm)
 
 
 class LiteLLMBackend:
@@ -137,7 +144,7 @@ class LiteLLMBackend:
             BackendError: litellm or the provider failed (``retryable`` for rate limits, 5xx and
                 connection errors).
         """
-        litellm = _litellm()
+        litellm = await _litellm()
         request = self._request(messages, self.defaults.merged(settings))
         log.debug("backend.request", backend=self.name, model=self.model, stream=on_chunk is not None)
         if on_chunk is None:

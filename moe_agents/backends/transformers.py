@@ -64,6 +64,9 @@ class _Generated:
 class TransformersBackend:
     """A causal LM from a local folder (``pkg:<package>[/<subpath>]`` for one inside a Python package).
 
+    Messages are rendered with the tokenizer's chat template. Control tokens that appear inside
+    message text (``<|im_end|>``) are encoded as plain text, so a message cannot forge a turn.
+
     Args:
         model: the model folder, or a ``pkg:`` spec resolved with ``resources.resolve_path``.
         gguf_file: the GGUF file inside that folder, when the weights are GGUF.

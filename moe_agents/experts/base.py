@@ -132,10 +132,10 @@ class Expert(ABC):
     async def process(self, query: Query, *, on_chunk: ChunkCallback | None = None) -> Answer:
         """Answers ``query``; streams text to ``on_chunk`` when given. Raises ``RunError``."""
 
-    async def load(self) -> None:
+    async def load(self) -> None:  # noqa: B027 - optional hook
         """Acquires what the expert needs (called once by ``async with pipeline``)."""
 
-    async def unload(self) -> None:
+    async def unload(self) -> None:  # noqa: B027 - optional hook
         """Releases what ``load`` acquired."""
 
     @property
@@ -154,9 +154,13 @@ class Signal:
     pattern: str
     weight: float
     flags: int = re.IGNORECASE
+    _regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_regex", re.compile(self.pattern, self.flags))
 
     def matches(self, text: str) -> bool:
-        return re.search(self.pattern, text, self.flags) is not None
+        return self._regex.search(text) is not None
 
 
 class LLMExpert(Expert):
@@ -231,7 +235,9 @@ class LLMExpert(Expert):
             {"role": "user", "content": user},
         ]
 
-    def make_answer(self, query: Query, completion: Completion, *, confidence: float, latency_s: float) -> Answer:
+    def make_answer(
+        self, query: Query, completion: Completion, *, confidence: float, latency_s: float
+    ) -> Answer:
         """Turns a backend completion into an ``Answer``; kinds add metadata here."""
         return Answer(
             self.name,

@@ -61,6 +61,7 @@ _LANGUAGES = (
 # language names that are also everyday words (iron rusts, Taylor Swift, chemicals react)
 _AMBIGUOUS_LANGUAGES = r"java|rust|ruby|swift|go|perl|lua|julia|react|rails|spring|scheme|shell|c"
 
+
 class CodingExpert(LLMExpert):
     """Writes, reviews and debugs code in any language.
 
@@ -74,7 +75,9 @@ class CodingExpert(LLMExpert):
     signals: ClassVar[tuple[Signal, ...]] = (
         Signal(r"```|^(?: {4}|\t)\S", 0.45, re.IGNORECASE | re.MULTILINE),  # fenced or indented code
         Signal(r"traceback \(most recent call last\)|stack ?trace|\bat [\w$.]+\([\w.]+:\d+\)", 0.45),
-        Signal(r"\b\w+(?:Error|Exception)\b|\bsegfault|segmentation fault|null ?pointer|\bpanicked at\b", 0.35),
+        Signal(
+            r"\b\w+(?:Error|Exception)\b|\bsegfault|segmentation fault|null ?pointer|\bpanicked at\b", 0.35
+        ),
         Signal(rf"(?<![\w+#.])(?:{_LANGUAGES})(?![\w+#])", 0.35),
         Signal(rf"\b(?:in|using|with) (?:{_AMBIGUOUS_LANGUAGES})\b(?! (?:of|and)\b)", 0.2),
         Signal(
@@ -93,18 +96,30 @@ class CodingExpert(LLMExpert):
             0.35,
             re.IGNORECASE | re.MULTILINE,
         ),
-        Signal(r"\b(?:functions?|class|methods?|variables?|loops?|recursion|arrays?|linked list|hash ?map|"
-               r"pointers?|struct|enum|interface|algorithms?|data structures?|programs?|threads?|process(?:es)?|"
-               r"(?:average|worst|best)[- ]case|"
-               r"library|framework|runtime|deploy\w*|server|database|query|terminal|command line)\b", 0.15),
-        Signal(r"\b(?:write|implement|fix|optimi[sz]e|review|port|convert)\b.{0,40}\b(?:function|script|"
-               r"program|class|method|code|query|app|cli|test|regex|loop|search|sort)", 0.2),
+        Signal(
+            r"\b(?:functions?|class|methods?|variables?|loops?|recursion|arrays?|linked list|hash ?map|"
+            r"pointers?|struct|enum|interface|algorithms?|data structures?|programs?|threads?|process(?:es)?|"
+            r"(?:average|worst|best)[- ]case|"
+            r"library|framework|runtime|deploy\w*|server|database|query|terminal|command line)\b",
+            0.15,
+        ),
+        Signal(
+            r"\b(?:write|implement|fix|optimi[sz]e|review|port|convert)\b.{0,40}\b(?:function|script|"
+            r"program|class|method|code|query|app|cli|test|regex|loop|search|sort)",
+            0.2,
+        ),
         # identifiers: camelCase, snake_case, file names with a code extension
-        Signal(r"\b[a-z]+[A-Z][A-Za-z]+\b|\b[a-z]+_[a-z_]+\b|\b\w+\.(?:py|js|ts|tsx|jsx|rs|java|cpp|cc|h|go|rb|"
-               r"sh|sql|yaml|yml|json|toml|ipynb)\b", 0.2, 0),
+        Signal(
+            r"\b[a-z]+[A-Z][A-Za-z]+\b|\b[a-z]+_[a-z_]+\b|\b\w+\.(?:py|js|ts|tsx|jsx|rs|java|cpp|cc|h|go|rb|"
+            r"sh|sql|yaml|yml|json|toml|ipynb)\b",
+            0.2,
+            0,
+        ),
     )
 
-    def make_answer(self, query: Query, completion: Completion, *, confidence: float, latency_s: float) -> Answer:
+    def make_answer(
+        self, query: Query, completion: Completion, *, confidence: float, latency_s: float
+    ) -> Answer:
         """The base answer, with the reply's code blocks in ``metadata["code_blocks"]``."""
         answer = super().make_answer(query, completion, confidence=confidence, latency_s=latency_s)
         return replace(answer, metadata={**answer.metadata, "code_blocks": code_blocks(answer.text)})

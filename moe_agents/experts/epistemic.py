@@ -96,7 +96,8 @@ class EpistemicExpert(LLMExpert):
         ),
         Signal(  # the meaning of life, however it is asked
             r"\b(?:meaning|point|purpose|reason)\b.{0,25}\b(?:life|living|alive|existence|exist|it all|"
-            r"everything|creation|here on earth)\b|\blife(?:'?s|’s)?\b.{0,25}\b(?:meaning|mean|point|purpose|all about)\b|"
+            r"everything|creation|here on earth)\b|\blife(?:'?s|’s)?\b.{0,25}\b(?:meaning|mean|point|purpose|"
+            r"all about)\b|"
             r"\bpurpose of (?:\w+ )?ex\w*nce\b|\bwhy (?:are|do) we (?:here|exist)\b",
             0.6,
         ),
@@ -110,13 +111,17 @@ class EpistemicExpert(LLMExpert):
         Signal(  # greetings, thanks, farewells
             r"^\W*(?:hi|hello|hey|hiya|howdy|yo|ahoy|greetings|good (?:morning|afternoon|evening|night|day)|"
             r"thanks|thank you|cheers|bye|goodbye|see (?:you|ya)|nice to meet you|sup|gracias|merci|ciao|"
-            r"adios|sayonara|syonara|farewell|fairwell|tata|later|hola|aloha|bonjour|salutations|peace(?: out)?|"
+            r"adios|sayonara|syonara|farewell|fairwell|tata|later|hola|aloha|bonjour|salutations|"
+            r"peace(?: out)?|"
             r"cya|tootles|buh-?bye|heller|well hello|why,? hello|nice|great|excellent|good job|"
             r"(?:really )?(?:great|awesome|perfect)!?)\b|"
-            r"\b(?:how are you|how(?:'s| is| are) (?:it|things|everything|life|your day)|what's up|what's new|"
+            r"\b(?:how are you|how(?:'s| is| are) (?:it|things|everything|life|your day)|what's up|"
+            r"what's new|"
             r"thanks?|thank you|grateful|appreciate|much obliged|good looking out|goodbye|bye|"
-            r"talk (?:to you )?later|nice (?:talking|chatting)|(?:great|good|nice) (?:conversation|chat|talk)|"
-            r"i'm (?:out|leaving|done)|that's all|until next time|have a (?:good|nice|great) (?:one|day|night)|"
+            r"talk (?:to you )?later|nice (?:talking|chatting)|(?:great|good|nice) (?:conversation|chat|"
+            r"talk)|"
+            r"i'm (?:out|leaving|done)|that's all|until next time|have a (?:good|nice|great) (?:one|day|"
+            r"night)|"
             r"take it easy|(?:have|need|got) to (?:go|run|leave)|leaving now|how goes it|going okay|"
             r"what's (?:going on|happening)|wanted to say hi|good job|thankful|you're a (?:doll|star|gem))\b",
             0.5,
@@ -128,19 +133,26 @@ class EpistemicExpert(LLMExpert):
             r"creator|maker|owner|favou?rite)|\b(?:are you|am i (?:talking|speaking|chatting) (?:to|with)) "
             r"(?:a |an )?(?:real|human|bot|robot|person|ai|computer|machine|someone|alive)|"
             r"\b(?:how old are you|when were you|where (?:are|were) you|what (?:can|should) i ask|"
-            r"what can you (?:do|help)|what (?:kinds? of )?(?:things|questions) can you|do you (?:have|own|like|"
+            r"what can you (?:do|help)|what (?:kinds? of )?(?:things|questions) can you|do you (?:have|own|"
+            r"like|"
             r"enjoy|work|live|prefer)|who do you work|what do (?:people|they|i) call you|"
             r"(?:do|does) (?:the )?ai have|(?:were|are) you (?:born|from|made|created|built|located|based)|"
             r"your (?:place|country|city|town|home|location|creation|origin|birth))\b",
             0.5,
         ),
-        Signal(r"\b(?:jokes?|joking|funny|humou?r|make me laugh|one[- ]liners?|pun|puns|fun facts?|"
-               r"(?:interesting|cool|neat|fun|random|surprising|weird|intriguing) (?:facts?|tidbits?|things?|"
-               r"information)|(?:tell|teach) me something|something (?:interesting|neat|fun|cool|intriguing)|"
-               r"something i (?:might|may) not know|(?:tell me|know|hear) (?:a|any|some) facts?|trivia)\b", 0.5),
+        Signal(
+            r"\b(?:jokes?|joking|funny|humou?r|make me laugh|one[- ]liners?|pun|puns|fun facts?|"
+            r"(?:interesting|cool|neat|fun|random|surprising|weird|intriguing) (?:facts?|tidbits?|things?|"
+            r"information)|(?:tell|teach) me something|something (?:interesting|neat|fun|cool|intriguing)|"
+            r"something i (?:might|may) not know|(?:tell me|know|hear) (?:a|any|some) facts?|trivia)\b",
+            0.5,
+        ),
         Signal(r"\b(?:you|your|yours|yourself|u|ya)\b|\b(?:the|this|my) ai\b", 0.25),
-        Signal(r"\b(?:why do (?:we|people|humans)|is there such a thing|what makes (?:a|us|someone)|"
-               r"uncertain\w*|certainty|feel(?:ing)?s?|lonely|anxious|worried|relationship|friend)\b", 0.2),
+        Signal(
+            r"\b(?:why do (?:we|people|humans)|is there such a thing|what makes (?:a|us|someone)|"
+            r"uncertain\w*|certainty|feel(?:ing)?s?|lonely|anxious|worried|relationship|friend)\b",
+            0.2,
+        ),
     )
 
     def __init__(
@@ -170,9 +182,10 @@ class EpistemicExpert(LLMExpert):
             raise ConfigError(f"expert {self.name!r}: adapter must be a non-empty path or name")
         self.adapter = adapter
 
-    def make_answer(self, query: Query, completion: Completion, *, confidence: float, latency_s: float) -> Answer:
+    def make_answer(
+        self, query: Query, completion: Completion, *, confidence: float, latency_s: float
+    ) -> Answer:
         """The base answer, with ``metadata["adapter"]``: the adapter as a string, or ``None``."""
         answer = super().make_answer(query, completion, confidence=confidence, latency_s=latency_s)
         adapter = None if self.adapter is None else str(self.adapter)
         return replace(answer, metadata={**answer.metadata, "adapter": adapter})
-

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import textwrap
 from collections.abc import Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -14,16 +13,16 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from ..backends.base import Backend, Completion, GenerationSettings
+from ..backends.base import Backend, GenerationSettings
 from ..errors import ConfigError
-from ..types import Answer, Message, Query
+from ..types import Answer, Query
 from .base import ExpertCapability, LLMExpert, Signal
 
 if TYPE_CHECKING:
     from ..backends.base import ChunkCallback
     from ..routing.encoder import Encoder
 
-__all__ = ["KnowledgeExpert", "Passage", "split_passages"]
+__all__ = ["KnowledgeExpert", "Passage", "quote", "split_passages"]
 
 _SYSTEM_PROMPT = """\
 You are the knowledge expert in a team of AI specialists: you answer factual questions about \
@@ -65,9 +64,6 @@ _EXEMPLARS = (
     "Give me a short summary of the causes of the First World War.",
     "According to our employee handbook, how many vacation days do new staff get?",
 )
-
-_SOURCES: ContextVar[list[dict[str, Any]] | None] = ContextVar("moe_agents_knowledge_sources", default=None)
-"""The passages retrieved for the call in progress, shared by ``build_messages`` and ``make_answer``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +126,11 @@ class KnowledgeExpert(LLMExpert):
             0.2,
         ),
         Signal(
-            r"\b(?:capital of|history|historical|define|definition|explain what|what does .{1,40} (?:mean|stand for)|"
+            r"\b(?:capital of|history|historical|define|definition|explain what|what does .{1,40} (?:mean|"
+            r"stand for)|"
             r"tell me about|summary of|invented|discovered|founded|born|died|population of|"
-            r"located|official language|currency of|the (?:first|last) \w+ (?:to|of)|largest|smallest|tallest|"
+            r"located|official language|currency of|the (?:first|last) \w+ (?:to|of)|largest|smallest|"
+            r"tallest|"
             r"longest|highest|deepest|century|ancient|empire|war|president|king|queen|dynasty|revolution|"
             r"according to|geography|biology|chemistry|physics|anatomy|economics)\b",
             0.3,
@@ -146,10 +144,15 @@ class KnowledgeExpert(LLMExpert):
             r"sang|won|killed|led|ruled|signed|named|first)\b",
             0.2,
         ),
-        Signal(r"\b(?:wiki(?:pedia)?|encyclop(?:a)?edia|source|sources|cite|reference|documentation)\b", 0.15),
+        Signal(
+            r"\b(?:wiki(?:pedia)?|encyclop(?:a)?edia|source|sources|cite|reference|documentation)\b", 0.15
+        ),
         # questions about the assistant itself are small talk, not facts
-        Signal(r"\b(?:your|yours|yourself)\b|\byou\b(?! (?:tell|explain|give|show|list|name|describe|define|"
-               r"summari[sz]e|recommend|remind|know|help))", -0.3),
+        Signal(
+            r"\b(?:your|yours|yourself)\b|\byou\b(?! (?:tell|explain|give|show|list|name|describe|define|"
+            r"summari[sz]e|recommend|remind|know|help))",
+            -0.3,
+        ),
     )
 
     def __init__(
@@ -182,7 +185,9 @@ class KnowledgeExpert(LLMExpert):
             raise ConfigError(f"expert {self.name!r}: documents must be a list of paths or texts, not one")
         for doc in documents:
             if not isinstance(doc, (str, Path)):
-                raise ConfigError(f"expert {self.name!r}: a document must be a str or Path, got {type(doc).__name__}")
+                raise ConfigError(
+                    f"expert {self.name!r}: a document must be a str or Path, got {type(doc).__name__}"
+                )
         if top_passages < 1:
             raise ConfigError(f"expert {self.name!r}: top_passages must be >= 1, got {top_passages}")
         if passage_chars < 50:
@@ -226,7 +231,9 @@ class KnowledgeExpert(LLMExpert):
                 return
             passages: list[Passage] = []
             for i, doc in enumerate(self.documents):
-                text, source = (await self._read(doc), doc.name) if isinstance(doc, Path) else (doc, f"inline:{i}")
+                text, source = (
+                    (await self._read(doc), doc.name) if isinstance(doc, Path) else (doc, f"inline:{i}")
+                )
                 passages.extend(Passage(source, chunk) for chunk in split_passages(text, self.passage_chars))
             vectors = None
             if passages:
@@ -255,47 +262,38 @@ class KnowledgeExpert(LLMExpert):
         query = await anyio.to_thread.run_sync(self.encoder.encode, [text], limiter=self._limiter)  # (1, D)
         scores = vectors @ query[0]  # (P,)
         top = np.argsort(-scores, kind="stable")[: self.top_passages]
-        return [{"source": passages[i].source, "score": float(scores[i]), "text": passages[i].text} for i in top]
-
-    async def process(self, query: Query, *, on_chunk: ChunkCallback | None = None) -> Answer:
-        """Retrieves passages for ``query``, then answers it as ``LLMExpert.process`` does."""
-        token = _SOURCES.set(await self.retrieve(query.text))
-        try:
-            return await super().process(query, on_chunk=on_chunk)
-        finally:
-            _SOURCES.reset(token)
-
-    async def build_messages(self, query: Query) -> list[Message]:
-        """System prompt, then one user message: the numbered sources, the context and the request."""
-        sources = _SOURCES.get()
-        if sources is None:  # called on its own, not from process
-            sources = await self.retrieve(query.text)
-        if not sources:
-            return await super().build_messages(query)
-        quoted = "\n\n".join(
-            f"[{n}] ({s['source']})\n" + textwrap.indent(s["text"], "> ", lambda _: True)
-            for n, s in enumerate(sources, 1)
-        )
-        parts = [f"Sources:\n\n{quoted}"]
-        if query.context:
-            parts.append(query.context)
-        parts.append(f"Question: {query.text}\n\nAnswer using the sources above and cite them as [1], [2], ...")
         return [
-            {"role": "system", "content": self.system_prompt},
-            {"role": "user", "content": "\n\n".join(parts)},
+            {"source": passages[i].source, "score": float(scores[i]), "text": passages[i].text} for i in top
         ]
 
-    def make_answer(self, query: Query, completion: Completion, *, confidence: float, latency_s: float) -> Answer:
-        """The base answer, with the retrieved passages in ``metadata["sources"]``."""
-        answer = super().make_answer(query, completion, confidence=confidence, latency_s=latency_s)
-        return replace(answer, metadata={**answer.metadata, "sources": list(_SOURCES.get() or [])})
+    async def process(self, query: Query, *, on_chunk: ChunkCallback | None = None) -> Answer:
+        """Retrieves passages for ``query``, puts them before its context, and answers as
+        ``LLMExpert.process`` does; the passages are returned in ``metadata["sources"]``."""
+        sources = await self.retrieve(query.text)
+        if sources:
+            quoted = "\n\n".join(
+                f"[{n}] ({s['source']})\n{quote(s['text'])}" for n, s in enumerate(sources, 1)
+            )
+            parts = [f"Sources:\n\n{quoted}", "Answer using the sources above and cite them as [1], [2], ..."]
+            if query.context:
+                parts.append(query.context)
+            query = query.with_context("\n\n".join(parts))
+        answer = await super().process(query, on_chunk=on_chunk)
+        return replace(answer, metadata={**answer.metadata, "sources": sources})
 
     async def _read(self, path: Path) -> str:
         try:
             return await anyio.Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise ConfigError(f"expert {self.name!r}: cannot read document {path}: {reason}", path=path) from exc
+            raise ConfigError(
+                f"expert {self.name!r}: cannot read document {path}: {reason}", path=path
+            ) from exc
+
+
+def quote(text: str) -> str:
+    """``text`` as a markdown block quote (``> `` before each line, a bare ``>`` on blank lines)."""
+    return "\n".join(f"> {line}" if line.strip() else ">" for line in text.splitlines())
 
 
 def split_passages(text: str, max_chars: int) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import mimetypes
-import textwrap
 from typing import Any, ClassVar
 
 import anyio.to_thread
@@ -13,6 +12,7 @@ from ..backends.base import Backend
 from ..errors import BackendError, RunError
 from ..types import Attachment, Message, Query
 from .base import LLMExpert, Signal
+from .knowledge import quote
 
 __all__ = ["OmniExpert"]
 
@@ -201,4 +201,4 @@ def _quote_file(attachment: Attachment, data: bytes) -> str:
         body = data.decode("utf-8")
     except UnicodeDecodeError:
         return f"Attached file {name}: {len(data)} bytes of binary data, not shown."
-    return f"Attached file {name}:\n" + textwrap.indent(body.strip("\n"), "> ", lambda _: True)
+    return f"Attached file {name}:\n{quote(body.strip(chr(10)))}"

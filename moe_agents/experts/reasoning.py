@@ -53,8 +53,8 @@ _EXEMPLARS = (
     "How many ways can 8 people sit around a round table?",
     "The average of five numbers is 12. Four of them are 10, 14, 9 and 15. What is the fifth?",
     "A recipe needs 2/3 cup of sugar for 12 cookies. How much sugar do I need for 30 cookies?",
-    "Knights always tell the truth and knaves always lie. A says 'B is a knave'. B says 'We are both knights'. "
-    "What are A and B?",
+    "Knights always tell the truth and knaves always lie. A says 'B is a knave'. "
+    "B says 'We are both knights'. What are A and B?",
 )
 
 _WORD_NUMBER = (
@@ -78,31 +78,53 @@ class ReasoningExpert(LLMExpert):
         # two or more numbers: the shape of a word problem
         Signal(r"\d+\D+\d", 0.3),
         Signal(r"(?:\d+\D+){2,}\d", 0.15),  # three or more
-        Signal(r"\d\s*[+*/×÷^=<>]\s*\(?[\d.a-z]|\d\s+-\s+\(?\d|\b\d+[a-z]\b(?=\s*[-+=^])|[a-z]\s*[\^²³]\s*\d|√", 0.3),
+        Signal(
+            r"\d\s*[+*/×÷^=<>]\s*\(?[\d.a-z]|\d\s+-\s+\(?\d|\b\d+[a-z]\b(?=\s*[-+=^])|[a-z]\s*[\^²³]\s*\d|√",
+            0.3,
+        ),
         # numbers written as words ("six times as many", "half of the remaining"), with another number
-        Signal(rf"\b{_WORD_NUMBER}\b.+\b(?:{_WORD_NUMBER}|\d+)\b|\d\b.+\b{_WORD_NUMBER}\b", 0.2, re.IGNORECASE | re.DOTALL),
+        Signal(
+            rf"\b{_WORD_NUMBER}\b.+\b(?:{_WORD_NUMBER}|\d+)\b|\d\b.+\b{_WORD_NUMBER}\b",
+            0.2,
+            re.IGNORECASE | re.DOTALL,
+        ),
         Signal(
             r"\b(?:solve|calculate|compute|evaluate|simplify|prove|proof|equations?|formula|derivative|"
             r"integral|differentiate|integrate|limit|probability|odds|percent(?:age)?|ratio|proportion|"
-            r"fraction|average|arithmetic mean|median|sum of|product of|divisible|remainder|factorials?|primes?|"
+            r"fraction|average|arithmetic mean|median|sum of|product of|divisible|remainder|factorials?|"
+            r"primes?|"
             r"algebra|geometry|trigonometry|calculus|polynomial|quadratic|logarithms?|exponent|triangle|"
             r"circle|radius|area|perimeter|volume|speed|km/h|mph|per hour|per day|per week|interest|"
-            r"discount|profit|twice|half|\w+ times as (?:many|much|long|old|fast)|combinations?|permutations?|"
-            r"expected value|(?:more|less|fewer|older|younger|taller|shorter|faster|slower|heavier|lighter) than)\b",
+            r"discount|profit|twice|half|\w+ times as (?:many|much|long|old|fast)|combinations?|"
+            r"permutations?|"
+            r"expected value|(?:more|less|fewer|older|younger|taller|shorter|faster|slower|heavier|"
+            r"lighter) than)\b",
             0.3,
         ),
         Signal(
-            r"\b(?:puzzle|riddle|logic(?:al)?|syllogism|deduce|infer|paradox|knaves?|truth[- ]tellers?|liars?|"
+            r"\b(?:puzzle|riddle|logic(?:al)?|syllogism|deduce|infer|paradox|knaves?|truth[- ]tellers?|"
+            r"liars?|"
             r"always (?:lies?|tells? the truth)|contradiction|if and only if|necessarily|valid argument|"
             r"step by step|are all \w+|who is (?:the )?(?:older|younger|taller|shorter|youngest|oldest))\b",
             0.25,
         ),
-        Signal(r"\d\s*%\s*of\b|\bwhat(?:'s| is) [-\d.,\s%+*/x×÷^()]*\d[-\d.,\s%+*/x×÷^()]*(?:of [\d.,]+)?\s*\??$", 0.3),
+        Signal(
+            r"\d\s*%\s*of\b|\bwhat(?:'s|"
+            r" is) [-\d.,\s%+*/x×÷^()]*\d[-\d.,\s%+*/x×÷^()]*(?:of [\d.,]+)?\s*\??$",
+            0.3,
+        ),
         Signal(r"\bhow (?:many|much|far|long|fast)\b|\bwhat (?:is the )?(?:total|percent|fraction)\b", 0.1),
-        Signal(r"\$\s?\d|\d\s?%|\d+(?:\.\d+)? ?(?:km|kg|cm|mm|m|g|l|ml|hours?|minutes?|seconds?|days?|years?)\b", 0.1),
+        Signal(
+            r"\$\s?\d|\d\s?%|\d+(?:\.\d+)? ?(?:km|kg|cm|mm|m|g|l|ml|hours?|minutes?|seconds?|days?|years?)\b",
+            0.1,
+        ),
     )
 
-    def make_answer(self, query: Query, completion: Completion, *, confidence: float, latency_s: float) -> Answer:
+    def make_answer(
+        self, query: Query, completion: Completion, *, confidence: float, latency_s: float
+    ) -> Answer:
         """The base answer, with the normalised ``metadata["final_answer"]`` (``None`` if absent)."""
         answer = super().make_answer(query, completion, confidence=confidence, latency_s=latency_s)
-        return replace(answer, metadata={**answer.metadata, "final_answer": extract_final_answer(answer.text)})
+        return replace(
+            answer, metadata={**answer.metadata, "final_answer": extract_final_answer(answer.text)}
+        )

@@ -44,7 +44,9 @@ class SentenceEncoder:
         max_length: tokens per text (longer texts are truncated).
     """
 
-    def __init__(self, path: str | Path = BUNDLED_ENCODER, *, batch_size: int = 64, max_length: int = 256) -> None:
+    def __init__(
+        self, path: str | Path = BUNDLED_ENCODER, *, batch_size: int = 64, max_length: int = 256
+    ) -> None:
         self.path = str(path)
         self.name = Path(self.path).name if not self.path.startswith("pkg:") else self.path
         self.batch_size = batch_size

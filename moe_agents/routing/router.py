@@ -44,7 +44,7 @@ class RouterConfig:
     top_k: int = 1
     min_confidence: float = 0.0
     gate_weight: float = 0.6
-    temperature: float = 0.05
+    temperature: float = 0.2
     overload_penalty: float = 0.5
     cache_size: int = 1024
 
