@@ -56,6 +56,7 @@ def _setup(verbose: bool) -> None:
         cache_logger_on_first_use=False,
     )
     if not verbose:  # progress bars of model loading are noise next to the spinner
+        os.environ.setdefault("TQDM_DISABLE", "1")
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()

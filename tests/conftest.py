@@ -44,3 +44,18 @@ def minilm():
     enc = bundled_encoder()
     enc.encode(["warm up"])
     return enc
+
+
+@pytest.fixture(scope="session")
+def default_pipeline():
+    """The shipped offline default pipeline with its SmolLM2 model loaded, once per test session."""
+    import anyio
+
+    from moe_agents import default_config_path, load_pipeline
+
+    pipeline = load_pipeline(default_config_path())
+    for backend in pipeline.backends:
+        anyio.run(backend.load)
+    yield pipeline
+    for backend in pipeline.backends:
+        anyio.run(backend.unload)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import moe_agents
 from moe_agents import Answer, Attachment, ExpertScore, Query, Selection, Usage
@@ -120,3 +122,22 @@ class TestErrors:
         except* BackendError:
             pass
         assert len(caught) == 1
+
+
+class TestSelectionProperties:
+    @given(
+        st.dictionaries(
+            st.text(min_size=1, max_size=8),
+            st.floats(min_value=0, max_value=1e6, allow_nan=False),
+            min_size=1,
+            max_size=12,
+        )
+    )
+    def test_from_scores_always_gives_a_valid_selection(self, scores: dict[str, float]) -> None:
+        """Any non-negative scores give weights >= 0 that sum to 1, ordered like the scores."""
+        s = Selection.from_scores(list(scores.items()), mode="router", scores={})
+        assert set(s.experts) == set(scores)
+        assert sum(s.weights) == pytest.approx(1.0, abs=1e-9)
+        assert all(w >= 0 for w in s.weights)
+        ranked = [scores[e] for e in s.experts]
+        assert ranked == sorted(ranked, reverse=True)

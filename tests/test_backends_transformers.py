@@ -13,6 +13,7 @@ import anyio.from_thread
 import pytest
 from structlog.testing import capture_logs
 
+from moe_agents import Pipeline
 from moe_agents.backends import Backend, Completion, GenerationSettings, TransformersBackend
 from moe_agents.errors import BackendError, ConfigError
 from moe_agents.resources import BUNDLED_ENCODER, BUNDLED_LLM, BUNDLED_LLM_FILE, resolve_path
@@ -407,12 +408,11 @@ class TestTransformersBackendConcurrency:
 
 
 @pytest.fixture(scope="session")
-def smollm() -> Iterator[TransformersBackend]:
-    """The real bundled SmolLM2-135M-Instruct (GGUF), loaded once per session."""
-    backend = TransformersBackend(BUNDLED_LLM, gguf_file=BUNDLED_LLM_FILE, max_new_tokens=24)
-    anyio.run(backend.load)
-    yield backend
-    anyio.run(backend.unload)
+def smollm(default_pipeline: Pipeline) -> TransformersBackend:
+    """The real bundled SmolLM2-135M-Instruct (GGUF) of the default pipeline, loaded once per session."""
+    (backend,) = default_pipeline.backends
+    assert isinstance(backend, TransformersBackend)
+    return backend
 
 
 @pytest.mark.slow
@@ -424,8 +424,9 @@ class TestBundledSmolLM:
             {"role": "system", "content": "Answer in one short sentence."},
             {"role": "user", "content": "What is the capital of France?"},
         ]
-        completion = await smollm.complete(chat)
-        streamed, chunks = await stream(smollm, chat)
+        settings = GenerationSettings(max_tokens=24)
+        completion = await smollm.complete(chat, settings=settings)
+        streamed, chunks = await stream(smollm, chat, settings=settings)
         assert smollm.nbytes > 100_000_000
         assert completion.text.strip()
         assert 0 < completion.usage.completion_tokens <= 24

@@ -53,6 +53,9 @@ def _import_litellm() -> ModuleType:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
+    # Errors are translated and reported by moe-agents; litellm's "Give Feedback" banner on stdout
+    # would corrupt the output of applications (e.g. `moe-agents ask --json`).
+    litellm.suppress_debug_info = True
     return litellm
 
 

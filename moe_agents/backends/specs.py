@@ -22,7 +22,9 @@ class BackendKind:
 
 
 class LiteLLMSpec(BaseModel):
-    """``kind: litellm``: any provider litellm supports (``openai/gpt-4o-mini``, ``ollama/llama3``...)."""
+    """``kind: litellm``: any provider litellm supports (``openai/gpt-4o-mini``, ``ollama/llama3``...).
+
+    Fields are ``LiteLLMBackend``'s constructor arguments."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -39,7 +41,9 @@ class LiteLLMSpec(BaseModel):
 
 
 class TransformersSpec(BaseModel):
-    """``kind: transformers``: a local model folder or GGUF file (``pkg:<package>`` for one in a wheel)."""
+    """``kind: transformers``: a local model folder or GGUF file (``pkg:<package>`` for one in a wheel).
+
+    Fields are ``TransformersBackend``'s constructor arguments."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -57,32 +61,13 @@ class TransformersSpec(BaseModel):
 def _litellm(spec: LiteLLMSpec) -> Backend:
     from .litellm import LiteLLMBackend
 
-    return LiteLLMBackend(
-        spec.model,
-        api_base=spec.api_base,
-        api_key=spec.api_key,
-        temperature=spec.temperature,
-        max_tokens=spec.max_tokens,
-        timeout_s=spec.timeout_s,
-        num_retries=spec.num_retries,
-        modalities=spec.modalities,
-        params=spec.params,
-    )
+    return LiteLLMBackend(**spec.model_dump(exclude={"kind"}))
 
 
 def _transformers(spec: TransformersSpec) -> Backend:
     from .transformers import TransformersBackend
 
-    return TransformersBackend(
-        spec.model,
-        gguf_file=spec.gguf_file,
-        device=spec.device,
-        dtype=spec.dtype,
-        max_new_tokens=spec.max_new_tokens,
-        temperature=spec.temperature,
-        max_concurrency=spec.max_concurrency,
-        modalities=spec.modalities,
-    )
+    return TransformersBackend(**spec.model_dump(exclude={"kind"}))
 
 
 BUILTIN_BACKENDS = {

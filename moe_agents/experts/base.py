@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..backends.base import Backend, ChunkCallback, Completion, GenerationSettings
 from ..errors import BackendError, ConfigError
@@ -235,17 +235,23 @@ class LLMExpert(Expert):
             {"role": "user", "content": user},
         ]
 
+    def answer_metadata(self, text: str) -> Mapping[str, Any]:
+        """What this kind adds to ``Answer.metadata`` for a reply (e.g. the extracted final answer)."""
+        return {}
+
     def make_answer(
         self, query: Query, completion: Completion, *, confidence: float, latency_s: float
     ) -> Answer:
-        """Turns a backend completion into an ``Answer``; kinds add metadata here."""
+        """Turns a backend completion into an ``Answer`` carrying ``answer_metadata``."""
+        text = completion.text.strip()
         return Answer(
             self.name,
-            completion.text.strip(),
+            text,
             confidence=confidence,
             model=completion.model,
             usage=completion.usage,
             latency_s=latency_s,
+            metadata=self.answer_metadata(text),
         )
 
     def choose_backend(self, query: Query) -> Backend:
@@ -253,8 +259,10 @@ class LLMExpert(Expert):
         needed = query.modalities - {"file"}
         fit = [b for b in self._backends if needed <= b.modalities]
         if not fit:
-            what = "no backend configured" if not self._backends else (
-                f"no backend accepts {sorted(needed)} (backends: {[b.name for b in self._backends]})"
+            what = (
+                "no backend configured"
+                if not self._backends
+                else (f"no backend accepts {sorted(needed)} (backends: {[b.name for b in self._backends]})")
             )
             raise BackendError(f"expert {self.name!r}: {what}", expert=self.name)
         return min(fit, key=lambda b: self._in_flight.get(id(b), 0))

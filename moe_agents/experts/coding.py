@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import replace
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
-from ..backends.base import Completion
-from ..types import Answer, Query
 from .base import LLMExpert, Signal
 
 __all__ = ["CodingExpert", "code_blocks"]
@@ -117,12 +115,9 @@ class CodingExpert(LLMExpert):
         ),
     )
 
-    def make_answer(
-        self, query: Query, completion: Completion, *, confidence: float, latency_s: float
-    ) -> Answer:
-        """The base answer, with the reply's code blocks in ``metadata["code_blocks"]``."""
-        answer = super().make_answer(query, completion, confidence=confidence, latency_s=latency_s)
-        return replace(answer, metadata={**answer.metadata, "code_blocks": code_blocks(answer.text)})
+    def answer_metadata(self, text: str) -> Mapping[str, Any]:
+        """The reply's fenced code blocks, in ``metadata["code_blocks"]``."""
+        return {"code_blocks": code_blocks(text)}
 
 
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)^[ \t]*```", re.DOTALL | re.MULTILINE)

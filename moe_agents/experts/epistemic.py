@@ -3,14 +3,12 @@ uncertainty stated openly (the "Introspective-Qwen" stance)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from ..backends.base import Backend, Completion, GenerationSettings
+from ..backends.base import Backend, GenerationSettings
 from ..errors import ConfigError
-from ..types import Answer, Query
 from .base import ExpertCapability, LLMExpert, Signal
 
 __all__ = ["EpistemicExpert"]
@@ -182,10 +180,6 @@ class EpistemicExpert(LLMExpert):
             raise ConfigError(f"expert {self.name!r}: adapter must be a non-empty path or name")
         self.adapter = adapter
 
-    def make_answer(
-        self, query: Query, completion: Completion, *, confidence: float, latency_s: float
-    ) -> Answer:
-        """The base answer, with ``metadata["adapter"]``: the adapter as a string, or ``None``."""
-        answer = super().make_answer(query, completion, confidence=confidence, latency_s=latency_s)
-        adapter = None if self.adapter is None else str(self.adapter)
-        return replace(answer, metadata={**answer.metadata, "adapter": adapter})
+    def answer_metadata(self, text: str) -> Mapping[str, Any]:
+        """``metadata["adapter"]``: the stance adapter as a string, or ``None``."""
+        return {"adapter": None if self.adapter is None else str(self.adapter)}

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import re
-from dataclasses import replace
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from ..answers import extract_final_answer
-from ..backends.base import Completion
-from ..types import Answer, Query
 from .base import LLMExpert, Signal
 
 __all__ = ["ReasoningExpert"]
@@ -120,11 +118,6 @@ class ReasoningExpert(LLMExpert):
         ),
     )
 
-    def make_answer(
-        self, query: Query, completion: Completion, *, confidence: float, latency_s: float
-    ) -> Answer:
-        """The base answer, with the normalised ``metadata["final_answer"]`` (``None`` if absent)."""
-        answer = super().make_answer(query, completion, confidence=confidence, latency_s=latency_s)
-        return replace(
-            answer, metadata={**answer.metadata, "final_answer": extract_final_answer(answer.text)}
-        )
+    def answer_metadata(self, text: str) -> Mapping[str, Any]:
+        """The normalised stated answer, in ``metadata["final_answer"]`` (``None`` if absent)."""
+        return {"final_answer": extract_final_answer(text)}
