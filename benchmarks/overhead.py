@@ -87,18 +87,21 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
             for b in backends[: args.top_k]:
                 tg.start_soon(lambda b=b: b.complete(messages))
 
-    async def moe(i: int) -> None:
-        await pipeline.run(PROMPTS[i % len(PROMPTS)] + f" #{i}")
+    def moe(tag: str) -> Callable[[int], Awaitable[object]]:
+        async def call(i: int) -> None:  # distinct texts: no embedding-cache hits
+            await pipeline.run(f"{PROMPTS[i % len(PROMPTS)]} ({tag} #{i})")
+
+        return call
 
     async with pipeline:
-        await timed_batch(20, moe, concurrent=False)  # warm-up: encoder, centroids, caches
+        await timed_batch(20, moe("warm-up"), concurrent=False)  # encoder, centroids
         results: dict[str, object] = {}
         for mode, n, concurrent in (
             ("concurrent", args.requests, True),
             ("sequential", args.sequential, False),
         ):
             b = await timed_batch(n, bare, concurrent)
-            m = await timed_batch(n, moe, concurrent)
+            m = await timed_batch(n, moe(mode), concurrent)
             per_request = [(mi - bi) * 1000 for mi, bi in zip(m, b, strict=True)]
             results[mode] = {
                 "requests": n,
