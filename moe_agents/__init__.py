@@ -46,8 +46,10 @@ from .registry import register_aggregator as register_aggregator
 from .registry import register_backend as register_backend
 from .registry import register_expert as register_expert
 from .routing import Encoder as Encoder
+from .routing import GateConfig as GateConfig
 from .routing import Router as Router
 from .routing import RouterConfig as RouterConfig
+from .routing import Rule as Rule
 from .routing import SentenceEncoder as SentenceEncoder
 from .types import Answer as Answer
 from .types import Attachment as Attachment
@@ -79,6 +81,7 @@ __all__ = [
     "ExpertScore",
     "ExpertStats",
     "ExpertsFailed",
+    "GateConfig",
     "GenerationSettings",
     "InvalidInput",
     "KnowledgeExpert",
@@ -94,6 +97,7 @@ __all__ = [
     "RunError",
     "Router",
     "RouterConfig",
+    "Rule",
     "Selection",
     "SentenceEncoder",
     "SequentialAggregator",

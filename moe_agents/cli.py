@@ -15,11 +15,14 @@ import anyio
 import structlog
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .config import default_config_path, load_pipeline
 from .errors import MoEError, RunError
 from .pipeline import Pipeline
+from .routing.exemplars import read_exemplars_jsonl
+from .routing.gate import FitReport
 from .types import Attachment, Query, Result, Selection
 
 __all__ = ["app", "main"]
@@ -240,6 +243,135 @@ def experts(config: ConfigOpt = None, verbose: VerboseOpt = False) -> None:
             str(len(e.exemplars)),
         )
     console.print(table)
+
+
+@app.command()
+def fit(
+    config: ConfigOpt = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help='Extra exemplars: JSONL of {"text", "expert"}.')
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Also save the gate here (.safetensors).")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Fit the routing gate on the experts' exemplars (and --data) and report how it did."""
+    _setup(verbose)
+    pipeline = _load(config)
+    router = pipeline.router
+    experts = list(pipeline.experts.values())
+    try:
+        if data is not None:
+            extra = dict(router.extra_exemplars)
+            for text, expert in read_exemplars_jsonl(data):
+                extra[expert] = (*extra.get(expert, ()), text)
+            router.extra_exemplars = extra
+        counts = {name: len(texts) for name, texts in router.exemplars(experts).items()}
+    except MoEError as exc:
+        raise _fail(exc) from None
+
+    async def go() -> FitReport:
+        with Progress(
+            TextColumn("fitting the gate"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+        ) as bar:
+            task = bar.add_task("fit", total=None)
+
+            def progress(epoch: int, total: int) -> None:
+                bar.update(task, completed=epoch, total=total)
+
+            return await router.fit(experts, progress=progress)
+
+    report = _run(go)
+    table = Table("expert", "exemplars", title=f"{router.config.gate.kind} gate on {router.encoder.name}")
+    for name, n in counts.items():
+        table.add_row(name, str(n))
+    console.print(table)
+    val = "—" if report.val_accuracy is None else f"{report.val_accuracy:.3f}"
+    console.print(
+        f"validation accuracy {val} on {report.val_size} held-out exemplars "
+        f"(trained on {report.train_size}); epochs {report.epochs}; temperature {report.temperature:.3f}; "
+        f"{report.seconds:.1f} s"
+    )
+    if out is not None:
+        gate = router.gate
+        assert gate is not None
+        gate.save(out, encoder=router.encoder.name)
+        console.print(f"saved {out} (use it with `router: {{gate_path: {out}}}`)")
+
+
+eval_app = typer.Typer(help="Benchmarks on the shared evaluation data.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("routing")
+def eval_routing(
+    data: Annotated[Path, typer.Option("--data", help="The shared data folder.")] = Path("../shared/data"),
+    config: ConfigOpt = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write the confusion matrices here (PNG).")
+    ] = None,
+    per_label: Annotated[int, typer.Option(help="Cap per label of the test set.")] = 400,
+    fit_per_label: Annotated[int, typer.Option(help="Cap per label of fit-split exemplars.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the test-set sample.")] = 0,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Route the labelled test-split set with five routers and report accuracy, macro-F1 and speed."""
+    from .evaluation.metrics import plot_confusions, render_table
+    from .evaluation.routing import evaluate_routing
+
+    _setup(verbose)
+    pipeline = _load(config)
+
+    async def go() -> dict[str, Any]:
+        with err_console.status("routing benchmark", spinner="dots") as status:
+            return await evaluate_routing(
+                list(pipeline.experts.values()),
+                pipeline.router,
+                data_dir=data,
+                per_label=per_label,
+                fit_per_label=fit_per_label,
+                seed=seed,
+                progress=lambda line: status.update(line),
+            )
+
+    report = _run(go)
+    scores = report.pop("scores")
+    console.print(f"test set: {report['set']['n']} queries {report['set']['per_label']} (seed {seed})")
+    for variant, results in scores.items():
+        table = render_table(results)
+        table.title = f"gates fitted on: {variant}"
+        console.print(table)
+    speed = report["speed"]
+    single = speed["single_query"]
+    console.print(
+        f"single-query routing: p50 {single['p50_ms']:.1f} ms, p99 {single['p99_ms']:.1f} ms "
+        f"({speed['single_queries']} queries); {speed['concurrent_queries']} concurrent queries: "
+        f"{speed['router_qps']:.0f} q/s vs raw batched encoder {speed['encoder_batched_qps']:.0f} q/s "
+        f"(ratio {speed['router_vs_encoder']:.2f})"
+    )
+    best = scores["exemplars"]["router"].accuracy
+    for target, ok in (
+        (f"full router accuracy >= 97 %: {best:.1%}", best >= 0.97),
+        (f"single-query p50 <= 15 ms: {single['p50_ms']:.1f} ms", single["p50_ms"] <= 15),
+        (
+            f"throughput >= 0.85x encoder: {speed['router_vs_encoder']:.2f}x",
+            speed["router_vs_encoder"] >= 0.85,
+        ),
+    ):
+        console.print(f"  [{'green' if ok else 'red'}]{'met' if ok else 'NOT met'}[/] {target}")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2))
+        console.print(f"wrote {json_out}")
+    if plot is not None:
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        flat = {f"{r} ({v})": s for v, rs in scores.items() for r, s in rs.items()}
+        plot_confusions(flat, plot)
+        console.print(f"wrote {plot}")
 
 
 CHAT_HELP = """Commands: /route TEXT (show the routing), /feedback good|bad (rate the last answer),

@@ -33,7 +33,10 @@ from .pipeline import Pipeline
 from .registry import Registry, registry
 from .resources import BUNDLED_ENCODER
 from .routing.encoder import Encoder, SentenceEncoder, bundled_encoder
+from .routing.exemplars import read_exemplars_jsonl
+from .routing.gate import GateConfig, load_gate
 from .routing.router import Router, RouterConfig
+from .routing.rules import Rule
 
 __all__ = [
     "AggregationSpec",
@@ -41,6 +44,7 @@ __all__ = [
     "ExpertSpec",
     "PipelineSpec",
     "RouterSpec",
+    "RuleSpec",
     "SettingsSpec",
     "build_pipeline",
     "default_config_path",
@@ -59,6 +63,14 @@ class _Spec(BaseModel):
 _ROUTER = RouterConfig()
 
 
+class RuleSpec(_Spec):
+    """One entry of ``router.rules:``."""
+
+    pattern: str
+    experts: list[str] = Field(min_length=1)
+    name: str | None = None
+
+
 class RouterSpec(_Spec):
     """``router:`` (defaults: those of ``RouterConfig``)"""
 
@@ -66,7 +78,12 @@ class RouterSpec(_Spec):
     top_k: int = Field(default=_ROUTER.top_k, ge=1)
     min_confidence: float = Field(default=_ROUTER.min_confidence, ge=0.0, le=1.0)
     gate_weight: float = Field(default=_ROUTER.gate_weight, ge=0.0, le=1.0)
-    temperature: float = Field(default=_ROUTER.temperature, gt=0.0)
+    fallback_expert: str | None = None
+    assess_top: int = Field(default=_ROUTER.assess_top, ge=1)
+    gate: dict[str, Any] = {}
+    gate_path: str | None = None
+    exemplars_file: str | None = None
+    rules: list[RuleSpec] = []
 
 
 class AggregationSpec(_Spec):
@@ -228,21 +245,62 @@ class _Builder:
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise self.error(f"duplicate expert name {name!r}", ("experts", i, "name"))
+        return Pipeline(experts, router=self.router(encoder, names), aggregator=self.aggregator(names))
+
+    def router(self, encoder: Encoder, names: Sequence[str]) -> Router:
         r = self.spec.router
-        if r.top_k > len(experts):
+        if r.top_k > len(names):
             raise self.error(
-                f"top_k is {r.top_k} but there are only {len(experts)} experts", ("router", "top_k")
+                f"top_k is {r.top_k} but there are only {len(names)} experts", ("router", "top_k")
             )
-        router = Router(
-            RouterConfig(
+        if r.fallback_expert is not None and r.fallback_expert not in names:
+            raise self.error(
+                f"fallback_expert {r.fallback_expert!r} is not an expert; experts: {list(names)}",
+                ("router", "fallback_expert"),
+            )
+        for i, rule in enumerate(r.rules):
+            unknown = [e for e in rule.experts if e not in names]
+            if unknown:
+                raise self.error(
+                    f"rule names unknown experts {unknown}; experts: {list(names)}", ("router", "rules", i)
+                )
+        try:
+            gate_config = GateConfig(**r.gate)
+            config = RouterConfig(
                 top_k=r.top_k,
                 min_confidence=r.min_confidence,
                 gate_weight=r.gate_weight,
-                temperature=r.temperature,
-            ),
-            encoder=encoder,
-        )
-        return Pipeline(experts, router=router, aggregator=self.aggregator(names))
+                fallback_expert=r.fallback_expert,
+                assess_top=max(r.assess_top, r.top_k),
+                gate=gate_config,
+            )
+            rules = [Rule(rule.pattern, tuple(rule.experts), rule.name) for rule in r.rules]
+        except TypeError as exc:
+            raise self.error(f"invalid gate option: {exc}", ("router", "gate")) from None
+        except ConfigError as exc:
+            raise self.error(exc.message, ("router",)) from None
+        exemplars: dict[str, list[str]] = {}
+        if r.exemplars_file is not None:
+            try:
+                pairs = read_exemplars_jsonl(self.base / r.exemplars_file)
+            except ConfigError as exc:
+                if exc.line is not None:
+                    raise  # names the bad line of the exemplars file
+                raise self.error(exc.message, ("router", "exemplars_file")) from exc
+            for text, expert in pairs:
+                if expert not in names:
+                    raise self.error(
+                        f"{r.exemplars_file}: exemplar for unknown expert {expert!r}; experts: {list(names)}",
+                        ("router", "exemplars_file"),
+                    )
+                exemplars.setdefault(expert, []).append(text)
+        gate = None
+        if r.gate_path is not None:
+            try:
+                gate = load_gate(self.base / r.gate_path, encoder=encoder.name)
+            except ConfigError as exc:
+                raise self.error(exc.message, ("router", "gate_path")) from None
+        return Router(config, encoder=encoder, rules=rules, gate=gate, exemplars=exemplars)
 
     def encoder(self) -> Encoder:
         enc = self.spec.router.encoder

@@ -103,6 +103,9 @@ class Pipeline:
             raise ConfigError(
                 f"synthesis_expert {synth!r} is not an expert of this pipeline; experts: {names}"
             )
+        fallback = self.router.config.fallback_expert
+        if fallback is not None and fallback not in self._experts:
+            raise ConfigError(f"fallback_expert {fallback!r} is not an expert of this pipeline: {names}")
         if self.router.config.top_k > len(experts):
             raise ConfigError(
                 f"router.top_k is {self.router.config.top_k} but there are only {len(experts)} experts"

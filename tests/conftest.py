@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +13,8 @@ import structlog
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# fitted gates are cached per test session, never in the user's cache folder
+os.environ["MOE_AGENTS_CACHE_DIR"] = tempfile.mkdtemp(prefix="moe-agents-tests-")
 
 _real_connect = socket.socket.connect
 

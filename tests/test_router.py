@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from moe_agents import ConfigError, LLMExpert, Query, Router, RouterConfig
+from moe_agents import ConfigError, GateConfig, LLMExpert, Query, Router, RouterConfig, Rule
 from moe_agents.experts import CodingExpert, EpistemicExpert, KnowledgeExpert, OmniExpert, ReasoningExpert
 from moe_agents.routing.encoder import SentenceEncoder
+from moe_agents.routing.gate import fit_gate
 from moe_agents.testing import HashingEncoder
 
 
@@ -33,8 +36,8 @@ def experts() -> list[LLMExpert]:
 class TestConfig:
     @pytest.mark.parametrize(
         "kwargs",
-        [{"top_k": 0}, {"gate_weight": 1.5}, {"min_confidence": -0.1}, {"temperature": 0}],
-        ids=["top_k", "gate_weight", "min_confidence", "temperature"],
+        [{"top_k": 0}, {"gate_weight": 1.5}, {"min_confidence": -0.1}, {"top_k": 3, "assess_top": 2}],
+        ids=["top_k", "gate_weight", "min_confidence", "assess_top"],
     )
     def test_invalid_settings_are_config_errors(self, kwargs: dict[str, float]) -> None:
         """Out-of-range router settings are rejected when configured."""
@@ -97,6 +100,75 @@ class TestRoute:
         selection = await router.route(Query("apples"), experts())
         assert selection.mode == "low_confidence"
         assert len(selection.experts) == 1
+
+    async def test_rule_restricts_candidates(self) -> None:
+        """A matching rule limits the choice to its experts and names itself in the mode."""
+        router = Router(
+            RouterConfig(top_k=2), encoder=HashingEncoder(), rules=[Rule(r"\bstars?\b", ("c",), "astro")]
+        )
+        selection = await router.route(Query("apples under the stars"), experts())
+        assert selection.experts == ("c",)
+        assert selection.mode == "rule:astro"
+        assert "astro" in (selection.scores["a"].note or "")
+
+    async def test_rules_do_not_apply_to_other_queries(self) -> None:
+        """A query no rule matches goes through the gate as usual."""
+        router = Router(encoder=HashingEncoder(), rules=[Rule(r"\bstars?\b", ("c",))])
+        selection = await router.route(Query("apples and oranges"), experts())
+        assert selection.mode == "router"
+        assert selection.experts == ("a",)
+
+    def test_invalid_rule_pattern(self) -> None:
+        """A rule whose pattern does not compile is a ConfigError naming it."""
+        with pytest.raises(ConfigError, match="valid regular expression"):
+            Rule("([unclosed", ("a",))
+
+    async def test_fallback_expert_when_nobody_is_confident(self) -> None:
+        """Below min_confidence the configured fallback expert answers, in mode fallback."""
+        router = Router(RouterConfig(min_confidence=0.99, fallback_expert="b"), encoder=HashingEncoder())
+        selection = await router.route(Query("apples"), experts())
+        assert selection.experts == ("b",)
+        assert selection.mode == "fallback"
+
+    async def test_gate_is_fitted_once_and_cached_on_disk(self, tmp_path: Path) -> None:
+        """The first route fits the gate and saves it; a new router with the same exemplars loads it."""
+        cfg = RouterConfig(gate_cache_dir=str(tmp_path))
+        first = Router(cfg, encoder=HashingEncoder())
+        await first.route(Query("apples"), experts())
+        assert first.report is not None and first.report.train_size > 0
+        saved = list(tmp_path.glob("mlp-*.safetensors"))
+        assert len(saved) == 1
+        second = Router(cfg, encoder=HashingEncoder())
+        await second.prepare(experts())
+        assert second.gate is not None
+        probe = HashingEncoder().encode(["fruit salad"])
+        np.testing.assert_allclose(second.gate.predict_proba(probe), first.gate.predict_proba(probe))  # type: ignore[union-attr]
+
+    async def test_changed_exemplars_refit_the_gate(self, tmp_path: Path) -> None:
+        """Editing an expert's exemplars makes the router fit a new gate."""
+        cfg = RouterConfig(gate_cache_dir=str(tmp_path))
+        pool = experts()
+        router = Router(cfg, encoder=HashingEncoder())
+        await router.prepare(pool)
+        pool[0].exemplars = (*pool[0].exemplars, "banana bread")
+        await router.prepare(pool)
+        assert len(list(tmp_path.glob("mlp-*.safetensors"))) == 2
+
+    async def test_given_gate_must_match_the_experts(self) -> None:
+        """A gate fitted for other experts is rejected with the names that differ."""
+        gate, _ = fit_gate(
+            HashingEncoder().encode(["x", "y"]), ["p", "q"], ["p", "q"], GateConfig(kind="centroid")
+        )
+        router = Router(encoder=HashingEncoder(), gate=gate)
+        with pytest.raises(ConfigError, match=r"missing \['a', 'b', 'c'\], extra \['p', 'q'\]"):
+            await router.prepare(experts())
+
+    async def test_extra_exemplars_join_the_experts_own(self) -> None:
+        """Exemplars given to the router are added to each expert's own."""
+        router = Router(encoder=HashingEncoder(), exemplars={"b": ["diesel engines"]})
+        assert router.exemplars(experts())["b"] == ("cars and trucks", "engine repair", "diesel engines")
+        with pytest.raises(ConfigError, match="unknown experts"):
+            Router(encoder=HashingEncoder(), exemplars={"zzz": ["x"]}).exemplars(experts())
 
     async def test_embeddings_are_cached(self) -> None:
         """A repeated query is embedded once."""

@@ -49,6 +49,68 @@ _EXEMPLARS = (
     "How do I undo the last git commit but keep my changes?",
     "Write unit tests for a function that parses CSV lines with quoted fields.",
     "Traceback (most recent call last): File \"app.py\", line 12, in <module> KeyError: 'user_id'",
+    "def chunk_list(items: list, size: int) -> list[list]:\n"
+    "    '''Split items into consecutive chunks of length size; the last chunk may be shorter.\n"
+    "    >>> chunk_list([1, 2, 3, 4, 5], 2)\n"
+    "    [[1, 2], [3, 4], [5]]\n"
+    "    '''\n",
+    "def run_length_encode(text: str) -> str:\n"
+    "    '''Compress each run of a repeated character into the character followed by the run length.\n"
+    "    >>> run_length_encode('aaabccdddd')\n"
+    "    'a3b1c2d4'\n"
+    "    '''\n",
+    "from typing import List\n"
+    "\n"
+    "\n"
+    "def merge_intervals(intervals: List[List[int]]) -> List[List[int]]:\n"
+    "    '''Take closed intervals [start, end] in any order, merge every pair that overlaps or touches,\n"
+    "    and return the merged intervals sorted by their start.\n"
+    "    '''\n",
+    "Complete this function:\n"
+    "def is_valid_ipv4(address: str) -> bool:\n"
+    "    '''True if address is a dotted-quad IPv4 address such as '10.0.0.255': four decimal parts,\n"
+    "    each between 0 and 255, with no leading zeros and nothing else in the string.\n"
+    "    '''",
+    "def camel_to_snake(name: str) -> str:\n"
+    "    '''Turn a camelCase or PascalCase identifier into snake_case,\n"
+    "    e.g. 'parseHttpResponse' -> 'parse_http_response'.'''\n",
+    "def edit_distance(a: str, b: str) -> int:\n"
+    "    '''Minimum number of single-character insertions, deletions and substitutions\n"
+    "    that turn a into b. edit_distance('kitten', 'sitting') should be 3.\n"
+    "    '''\n",
+    "def top_k_words(text: str, k: int) -> list[tuple[str, int]]:\n"
+    "    # count words case-insensitively and return the k most frequent as (word, count),\n"
+    "    # ties broken alphabetically. fill in the body please\n",
+    "Implement Dijkstra's shortest path in Python using heapq, graph given as an adjacency dict.",
+    "Write a dynamic programming solution for coin change: fewest coins to make an amount, -1 if impossible.",
+    "Write a Go HTTP server with a /health endpoint that answers with a small JSON status body.",
+    "How do I build a small CLI with argparse that takes a --verbose flag and any number of file paths?",
+    "why does my async function return a coroutine object instead of the actual value??",
+    "ModuleNotFoundError: No module named 'numpy' even though pip install numpy said it succeeded",
+    "java.lang.NullPointerException at com.example.OrderService.total(OrderService.java:42) - what is null "
+    "here and how do I guard against it?",
+    "IndexError: list index out of range inside my for loop. I think I'm mixing up len(arr) and len(arr) - 1",
+    "TypeScript keeps saying 'Object is possibly undefined' on user.profile.city. What's the clean way to "
+    "handle that?",
+    "javascript: why does [1, 2, 10].sort() come back as [1, 10, 2]",
+    "git push is rejected with 'Updates were rejected because the tip of your current branch is behind'. "
+    "Should I pull, rebase or force push?",
+    "my k8s pod is stuck in CrashLoopBackOff, how do I see the logs of the container that crashed",
+    "Postgres: find users that share the same email and delete all but the oldest row for each email.",
+    "awk one-liner to sum the third column of a whitespace-separated file and print the total",
+    "find command to list every .py file changed in the last 2 days, skipping the .venv folder",
+    "Regex to pull all #hashtags out of a tweet without matching the # in URL fragments",
+    "What does `[x for row in grid for x in row if x]` do? I can't read nested comprehensions.",
+    "This is O(n^2) and times out for n = 100000, how can I speed it up?\n"
+    "for i in range(len(a)):\n"
+    "    for j in range(i):\n"
+    "        if a[j] > a[i]: count += 1",
+    "Code review: is this counter thread-safe?\n"
+    "class Counter:\n"
+    "    def __init__(self): self.n = 0\n"
+    "    def inc(self): self.n += 1",
+    "My pandas groupby('region')['sales'].mean() gives NaN for a couple of regions, why?",
+    "How do I set up a GitHub Actions workflow that runs pytest and ruff on every push and pull request?",
 )
 
 _LANGUAGES = (

@@ -51,8 +51,45 @@ _EXEMPLARS = (
     "How many ways can 8 people sit around a round table?",
     "The average of five numbers is 12. Four of them are 10, 14, 9 and 15. What is the fifth?",
     "A recipe needs 2/3 cup of sugar for 12 cookies. How much sugar do I need for 30 cookies?",
-    "Knights always tell the truth and knaves always lie. A says 'B is a knave'. "
-    "B says 'We are both knights'. What are A and B?",
+    "Knights always tell the truth and knaves always lie. A says 'B is a knave'. B says 'We are both "
+    "knights'. What are A and B?",
+    "Maya buys 4 notebooks at $2.35 each and a backpack for $18. She pays with a $50 bill. How much change "
+    "should she get back?",
+    "Our bus leaves at 9:40 am and the ride takes 2 hours 35 minutes. What time do we get in?",
+    "Omar's sister is 9. Seven years from now Omar will be double her age. How old is Omar?",
+    "Priya cycles 18 km in 45 minutes. Riding at the same pace, how far does she get in 2 hours?",
+    "My electricity bill dropped from $120 to $93 this month. By what percent did it go down?",
+    "Leo reads 12 pages each weekday and 30 pages on Saturdays and Sundays. If he starts on a Monday, on "
+    "which day does he finish a 300-page book?",
+    "A bakery sold 3/8 of its muffins before noon and 40% of what remained in the afternoon. 45 muffins "
+    "were left at closing. How many did it bake?",
+    "One printer does 45 pages a minute and an older one does 30. Running both, how long does a 1,800-page "
+    "job take?",
+    "Petrol is $1.80 a litre and my car does 6 litres per 100 km. What will a 750 km road trip cost in fuel?",
+    "we've got 3 pizzas cut into 8 slices each and 10 kids. if every kid eats 2 slices, how many slices are "
+    "left for the adults?",
+    "Factor x^2 - 5x - 14 and give both roots.",
+    "If log base 2 of (x + 3) equals 5, what is x?",
+    "The number of edges in a complete graph on 7 vertices is ____.",
+    "Let f(x) = 2x + 1 and g(x) = x^2 - 4. Compute f(g(3)) and g(f(3)); are they equal?",
+    "Two cards are drawn from a standard 52-card deck without replacement. What is the chance that both are "
+    "hearts?",
+    "A medical test is 95% sensitive and 90% specific, and 2% of people have the disease. If I test "
+    "positive, how likely is it that I actually have it?",
+    "For the data 4, 8, 8, 10, 15, find the mean, the median and the sample standard deviation.",
+    "When the sample size is quadrupled, the margin of error of a confidence interval for a mean changes by "
+    "what factor?",
+    "Is the set of invertible 2x2 real matrices under multiplication an abelian group? Explain.",
+    "How many generators does the cyclic group Z_20 have?",
+    "True or false, with a short justification: every subgroup of a cyclic group is itself cyclic.",
+    "Evaluate the definite integral of x e^(2x) dx from 0 to 1.",
+    "What is the limit of (1 - cos x) / x^2 as x approaches 0?",
+    "Use calculus to find the largest area a rectangle can enclose if its perimeter is 40 m.",
+    "Three boxes are labelled apples, oranges and mixed, and every label is wrong. You may take one fruit "
+    "from one box. How do you fix all the labels?",
+    "What comes next in the sequence 2, 6, 12, 20, 30, ...? Explain the pattern.",
+    "A 13-foot ladder leans against a wall with its foot 5 feet from the wall. How high up does it reach?",
+    "Which of the following is both a perfect square and a perfect cube: 16, 64, 81, 125?",
 )
 
 _WORD_NUMBER = (

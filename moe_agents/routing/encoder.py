@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import anyio
 import numpy as np
 
 from ..errors import ConfigError
@@ -20,7 +22,7 @@ from ..resources import BUNDLED_ENCODER, resolve_path
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Encoder", "SentenceEncoder", "bundled_encoder"]
+__all__ = ["BatchingEncoder", "Encoder", "SentenceEncoder", "bundled_encoder"]
 
 
 @runtime_checkable
@@ -106,3 +108,109 @@ def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def bundled_encoder() -> SentenceEncoder:
     """The shared all-MiniLM-L6-v2 encoder (weights load on the first ``encode``)."""
     return SentenceEncoder(BUNDLED_ENCODER)
+
+
+class _Slot:
+    """One text waiting for its embedding."""
+
+    __slots__ = ("done", "error", "text", "vector", "wake")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.vector: np.ndarray | None = None
+        self.error: BaseException | None = None
+        self.done = False
+        self.wake = anyio.Event()
+
+
+class BatchingEncoder:
+    """Shares encoder forwards between concurrent callers, with an LRU cache of recent embeddings.
+
+    Concurrent ``embed`` calls queue their texts; one caller at a time leads: it waits up to
+    ``window_s`` for the batch to fill (up to ``max_batch``), encodes the batch in a worker thread,
+    hands every caller its own vector, and, once its own text is done, passes the lead on. No
+    background task is needed, so it works inside any task group.
+
+    Args:
+        encoder: the encoder to share.
+        max_batch: most texts per forward pass.
+        window_s: how long a leader waits for a batch to fill.
+        cache_size: embeddings kept in the LRU cache (0 disables it).
+    """
+
+    def __init__(
+        self, encoder: Encoder, *, max_batch: int = 64, window_s: float = 0.002, cache_size: int = 1024
+    ) -> None:
+        self.encoder = encoder
+        self.max_batch = max_batch
+        self.window_s = window_s
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._queue: list[_Slot] = []
+        self._leading = False
+        self._limiter = anyio.CapacityLimiter(1)  # one forward at a time: torch already uses every core
+        self.batches = 0
+        """Forward passes run so far (for benchmarks and tests)."""
+
+    async def embed(self, text: str) -> np.ndarray:
+        """The embedding of ``text`` (1-D float32), batched with concurrent callers."""
+        hit = self._cache.get(text)
+        if hit is not None:
+            self._cache.move_to_end(text)
+            return hit
+        slot = _Slot(text)
+        self._queue.append(slot)
+        try:
+            while not slot.done:
+                if not self._leading:
+                    self._leading = True
+                    try:
+                        await self._lead(slot)
+                    finally:
+                        self._leading = False
+                else:
+                    await slot.wake.wait()
+                    slot.wake = anyio.Event()
+        finally:
+            if slot in self._queue:  # cancelled while queued
+                self._queue.remove(slot)
+            if not self._leading and self._queue:
+                self._queue[0].wake.set()  # pass the lead on
+        if slot.error is not None:
+            raise slot.error
+        assert slot.vector is not None
+        return slot.vector
+
+    async def embed_many(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of many texts (``(n, d)``), encoded in batches in a worker thread, uncached."""
+        return await anyio.to_thread.run_sync(self.encoder.encode, list(texts), limiter=self._limiter)
+
+    async def _lead(self, mine: _Slot) -> None:
+        while not mine.done:
+            if len(self._queue) < self.max_batch and self.window_s > 0:
+                await anyio.sleep(self.window_s)
+            batch, self._queue[: self.max_batch] = self._queue[: self.max_batch], []
+            with anyio.CancelScope(shield=True):  # a batch always completes and is handed out
+                try:
+                    vectors = await anyio.to_thread.run_sync(
+                        self.encoder.encode, [s.text for s in batch], limiter=self._limiter
+                    )
+                except Exception as exc:
+                    vectors, error = None, exc
+                else:
+                    error = None
+                self.batches += 1
+            for i, s in enumerate(batch):
+                if vectors is not None:
+                    s.vector = vectors[i]
+                    self._remember(s.text, vectors[i])
+                s.error = error
+                s.done = True
+                s.wake.set()
+
+    def _remember(self, text: str, vector: np.ndarray) -> None:
+        if self.cache_size <= 0:
+            return
+        self._cache[text] = vector
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)

@@ -1,0 +1,113 @@
+"""Micro-batched encoding: concurrent callers share forwards and each gets its own vector."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anyio
+import numpy as np
+import pytest
+
+from moe_agents.routing.encoder import BatchingEncoder
+from moe_agents.testing import HashingEncoder
+
+
+class Recording(HashingEncoder):
+    """A HashingEncoder that records the batches it is asked to encode."""
+
+    def __init__(self) -> None:
+        super().__init__(64)
+        self.batches: list[list[str]] = []
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        self.batches.append(list(texts))
+        return super().encode(texts)
+
+
+class Failing(HashingEncoder):
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        raise RuntimeError("encoder broke")
+
+
+class TestBatchingEncoder:
+    async def test_concurrent_callers_share_forwards_and_get_their_own_vectors(self) -> None:
+        """100 concurrent embeds run in far fewer forwards, and each result is that text's embedding."""
+        enc = Recording()
+        batching = BatchingEncoder(enc, max_batch=32, window_s=0.005)
+        texts = [f"query number {i} about topic {i % 7}" for i in range(100)]
+        out: dict[str, np.ndarray] = {}
+
+        async def one(text: str) -> None:
+            out[text] = await batching.embed(text)
+
+        async with anyio.create_task_group() as tg:
+            for t in texts:
+                tg.start_soon(one, t)
+        reference = HashingEncoder(64).encode(texts)
+        for i, t in enumerate(texts):
+            np.testing.assert_array_equal(out[t], reference[i])
+        assert len(enc.batches) <= 8
+        assert max(len(b) for b in enc.batches) <= 32
+        assert sorted(t for b in enc.batches for t in b) == sorted(texts)
+
+    async def test_cache_serves_repeats_without_a_forward(self) -> None:
+        """A text embedded recently is served from the LRU cache."""
+        enc = Recording()
+        batching = BatchingEncoder(enc, window_s=0)
+        first = await batching.embed("hello")
+        second = await batching.embed("hello")
+        assert enc.batches == [["hello"]]
+        np.testing.assert_array_equal(first, second)
+
+    async def test_cache_is_bounded(self) -> None:
+        """The cache keeps at most cache_size embeddings (least recently used evicted)."""
+        enc = Recording()
+        batching = BatchingEncoder(enc, window_s=0, cache_size=2)
+        for t in ("a", "b", "c", "a"):
+            await batching.embed(t)
+        assert [b[0] for b in enc.batches] == ["a", "b", "c", "a"]
+
+    async def test_errors_reach_every_caller_of_the_batch(self) -> None:
+        """If the encoder fails, each caller in the batch gets the error and nobody hangs."""
+        batching = BatchingEncoder(Failing(), window_s=0.005)
+        errors: list[str] = []
+
+        async def one(text: str) -> None:
+            try:
+                await batching.embed(text)
+            except RuntimeError as exc:
+                errors.append(str(exc))
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                for i in range(5):
+                    tg.start_soon(one, f"t{i}")
+        assert errors == ["encoder broke"] * 5
+
+    async def test_cancelled_caller_does_not_block_the_others(self) -> None:
+        """A caller cancelled while waiting leaves the queue, and the rest still get results."""
+        batching = BatchingEncoder(Recording(), window_s=0.01)
+        results: list[np.ndarray] = []
+
+        async def one(text: str) -> None:
+            results.append(await batching.embed(text))
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                with anyio.CancelScope() as doomed:
+                    doomed.cancel()
+                    await batching.embed("never")  # cancelled before it can lead
+                for i in range(4):
+                    tg.start_soon(one, f"t{i}")
+        assert len(results) == 4
+
+    @pytest.mark.parametrize("n", [1, 64, 65], ids=["one", "full-batch", "batch-plus-one"])
+    async def test_batches_split_at_max_batch(self, n: int) -> None:
+        """No forward exceeds max_batch, whatever the number of callers."""
+        enc = Recording()
+        batching = BatchingEncoder(enc, max_batch=64, window_s=0.005)
+        async with anyio.create_task_group() as tg:
+            for i in range(n):
+                tg.start_soon(batching.embed, f"text {i}")
+        assert all(len(b) <= 64 for b in enc.batches)
+        assert sum(len(b) for b in enc.batches) == n
