@@ -51,8 +51,8 @@ _EXEMPLARS = (
     "How many ways can 8 people sit around a round table?",
     "The average of five numbers is 12. Four of them are 10, 14, 9 and 15. What is the fifth?",
     "A recipe needs 2/3 cup of sugar for 12 cookies. How much sugar do I need for 30 cookies?",
-    "Knights always tell the truth and knaves always lie. A says 'B is a knave'. B says 'We are both "
-    "knights'. What are A and B?",
+    "Knights always tell the truth and knaves always lie. A says 'B is a knave'. "
+    "B says 'We are both knights'. What are A and B?",
     "Maya buys 4 notebooks at $2.35 each and a backpack for $18. She pays with a $50 bill. How much change "
     "should she get back?",
     "Our bus leaves at 9:40 am and the ride takes 2 hours 35 minutes. What time do we get in?",
