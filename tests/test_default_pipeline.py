@@ -20,7 +20,9 @@ class TestDefaultPipeline:
         assert result.cost.completion_tokens > 0
         assert result.errors == {}
 
-    async def test_knowledge_expert_retrieves_from_the_shipped_document(self, default_pipeline: Pipeline) -> None:
+    async def test_knowledge_expert_retrieves_from_the_shipped_document(
+        self, default_pipeline: Pipeline
+    ) -> None:
         """The knowledge expert's answer lists the passages it retrieved from its document."""
         result = await default_pipeline.run("Who introduced mixtures of experts, and in which year?")
         assert result.answer.expert == "knowledge"

@@ -207,13 +207,21 @@ class TestSelfAssessment:
         assert scores == {"coding": 0.0, "reasoning": 0.0, "knowledge": 0.0, "epistemic": 0.0, "omni": 1.0}
 
     @pytest.mark.parametrize(
-        ("text", "expected"),
-        [("Summarise the plot of Hamlet.", 0.05), ("Describe the photo I took yesterday.", 0.2)],
-        ids=["plain-text", "mentions-photo"],
+        "text",
+        ["Summarise the plot of Hamlet.", "Describe the photo I took yesterday."],
+        ids=["plain", "photo"],
     )
-    async def test_omni_low_without_attachment(self, text: str, expected: float) -> None:
-        """Without an image or audio the omni expert scores 0.05, a little more when the text mentions one."""
-        assert await OmniExpert().can_handle(Query(text)) == pytest.approx(expected)
+    async def test_omni_takes_only_media_queries(self, text: str) -> None:
+        """Without an image or audio the omni expert does not accept the query and scores 0."""
+        assert not OmniExpert().accepts(Query(text))
+        assert await OmniExpert().can_handle(Query(text)) == 0.0
+
+    async def test_omni_can_accept_text_when_configured(self) -> None:
+        """With media_only off, omni scores a text query low, higher when it mentions a photo."""
+        omni = OmniExpert()
+        omni.media_only = False
+        assert await omni.can_handle(Query("Summarise the plot of Hamlet.")) == pytest.approx(0.05)
+        assert await omni.can_handle(Query("Describe the photo I took yesterday.")) == pytest.approx(0.2)
 
     @pytest.mark.parametrize("kind", KINDS, ids=KINDS)
     async def test_scores_in_unit_interval(self, kind: str) -> None:

@@ -11,21 +11,27 @@ from .metrics import OTHER as OTHER
 from .metrics import RoutingScores as RoutingScores
 from .metrics import latency_summary as latency_summary
 from .metrics import plot_confusions as plot_confusions
+from .metrics import render_confusion as render_confusion
 from .metrics import render_table as render_table
 from .metrics import score_routing as score_routing
+from .routing import ROUTERS as ROUTERS
+from .routing import evaluate_routing as evaluate_routing
 
 __all__ = [
     "MMLU_EPISTEMIC_SUBJECTS",
     "MMLU_LEFT_OUT_SUBJECTS",
     "MMLU_REASONING_SUBJECTS",
     "OTHER",
+    "ROUTERS",
     "ROUTING_LABELS",
     "LabelledQuery",
     "RoutingScores",
     "latency_summary",
     "plot_confusions",
+    "render_confusion",
     "render_table",
     "routing_fit_set",
     "routing_test_set",
+    "evaluate_routing",
     "score_routing",
 ]

@@ -17,7 +17,15 @@ import numpy as np
 if TYPE_CHECKING:
     from rich.table import Table
 
-__all__ = ["OTHER", "RoutingScores", "latency_summary", "plot_confusions", "render_table", "score_routing"]
+__all__ = [
+    "OTHER",
+    "RoutingScores",
+    "latency_summary",
+    "plot_confusions",
+    "render_confusion",
+    "render_table",
+    "score_routing",
+]
 
 OTHER = "other"
 """Confusion-matrix column for predictions outside the labels (present only when there are some)."""
@@ -211,3 +219,16 @@ def render_table(results: Mapping[str, RoutingScores]) -> Table:
 
 def _pct(value: float) -> str:
     return "–" if np.isnan(value) else f"{value:.1%}"
+
+
+def render_confusion(scores: RoutingScores, *, title: str | None = None) -> Table:
+    """A rich table of the confusion matrix: one row per true label, one column per predicted one."""
+    from rich.table import Table
+
+    table = Table(title=title or "Confusion (rows: true, columns: routed to)")
+    table.add_column("true \\ routed")
+    for column in scores.columns:
+        table.add_column(column, justify="right")
+    for label, row in zip(scores.labels, scores.confusion, strict=True):
+        table.add_row(label, *(str(int(v)) for v in row))
+    return table

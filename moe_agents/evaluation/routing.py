@@ -185,6 +185,12 @@ async def _speed(
     texts = [q.text for q in queries]
     await anyio.to_thread.run_sync(router.encoder.encode, texts[:64])  # warm-up
 
+    raw: list[float] = []
+    for q in queries[:n_single]:
+        t = time.perf_counter()
+        await anyio.to_thread.run_sync(router.encoder.encode, [q.text])
+        raw.append(time.perf_counter() - t)
+
     single: list[float] = []
     for q in queries[:n_single]:
         t = time.perf_counter()
@@ -204,6 +210,7 @@ async def _speed(
     encoder_s = time.perf_counter() - t
     return {
         "single_query": latency_summary(single),
+        "encoder_single_query": latency_summary(raw),
         "single_queries": len(single),
         "concurrent_queries": len(batch),
         "router_qps": len(batch) / routed_s,

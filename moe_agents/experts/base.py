@@ -83,6 +83,8 @@ class Expert(ABC):
         name: unique name inside a pipeline.
         capabilities: what it can do, with thresholds and expected latency.
         modalities: attachment kinds it accepts (``{"image", "audio"}`` for the omni expert).
+        media_only: takes only queries that carry an image or audio attachment (the omni expert:
+            text-only queries belong to the text experts).
         exemplars: example requests it is good at; the router's gate is built from them.
         max_load: most concurrent calls the pipeline lets through.
         timeout_s: per-call deadline (``None``: none).
@@ -91,6 +93,7 @@ class Expert(ABC):
     name: str
     capabilities: tuple[ExpertCapability, ...] = ()
     modalities: frozenset[str] = frozenset()
+    media_only: bool = False
     exemplars: tuple[str, ...] = ()
     max_load: int = 4
     timeout_s: float | None = 120.0
@@ -121,8 +124,10 @@ class Expert(ABC):
         return self.stats.current_load
 
     def accepts(self, query: Query) -> bool:
-        """Whether this expert can take the query's attachments (images and audio)."""
-        return query.modalities - {"file"} <= self.modalities
+        """Whether this expert can take the query: its attachments (images and audio) are among
+        ``modalities``, and it has some if the expert is ``media_only``."""
+        media = query.modalities - {"file"}
+        return media <= self.modalities and (bool(media) or not self.media_only)
 
     @abstractmethod
     async def can_handle(self, query: Query) -> float:

@@ -106,6 +106,7 @@ class OmniExpert(LLMExpert):
 
     kind: ClassVar[str] = "omni"
     modalities: frozenset[str] = _MEDIA
+    media_only: bool = True
     default_system_prompt: ClassVar[str] = _SYSTEM_PROMPT
     default_exemplars: ClassVar[tuple[str, ...]] = _EXEMPLARS
     base_confidence: ClassVar[float] = 0.05

@@ -134,12 +134,14 @@ class BatchingEncoder:
     Args:
         encoder: the encoder to share.
         max_batch: most texts per forward pass.
-        window_s: how long a leader waits for a batch to fill.
+        window_s: how long a leader waits for a batch to fill (0: one pass of the event loop, for
+            callers started together; texts arriving while a forward runs share the next one, so
+            batches grow with the load and a lone query waits for nothing).
         cache_size: embeddings kept in the LRU cache (0 disables it).
     """
 
     def __init__(
-        self, encoder: Encoder, *, max_batch: int = 64, window_s: float = 0.002, cache_size: int = 1024
+        self, encoder: Encoder, *, max_batch: int = 64, window_s: float = 0.0, cache_size: int = 1024
     ) -> None:
         self.encoder = encoder
         self.max_batch = max_batch
@@ -187,8 +189,8 @@ class BatchingEncoder:
 
     async def _lead(self, mine: _Slot) -> None:
         while not mine.done:
-            if len(self._queue) < self.max_batch and self.window_s > 0:
-                await anyio.sleep(self.window_s)
+            if len(self._queue) < self.max_batch:
+                await anyio.sleep(self.window_s)  # 0: one pass of the event loop
             batch, self._queue[: self.max_batch] = self._queue[: self.max_batch], []
             with anyio.CancelScope(shield=True):  # a batch always completes and is handed out
                 try:

@@ -35,7 +35,8 @@ def read_exemplars_jsonl(path: str | Path) -> list[tuple[str, str]]:
         for key in ("text", "expert"):
             value = item.get(key)
             if not isinstance(value, str) or not value.strip():
-                raise ConfigError(f"{key!r} must be a non-empty string, got {value!r}", path=path, line=number)
+                message = f"{key!r} must be a non-empty string, got {value!r}"
+                raise ConfigError(message, path=path, line=number)
         text, expert = item["text"], item["expert"]
         pairs.append((text, expert))
     return pairs

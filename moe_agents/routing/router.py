@@ -53,7 +53,8 @@ class RouterConfig:
             others keep ``gate_weight × gate``), so routing cost stays flat with many experts.
         gate: how the gate is built and trained.
         cache_size: query embeddings kept in the LRU cache.
-        batch_window_s: how long concurrent queries wait to share one encoder forward.
+        batch_window_s: how long a query waits for others to share its encoder forward (0: one
+            pass of the event loop; queries arriving while a forward runs share the next one).
         max_batch: most queries per encoder forward.
         gate_cache_dir: where fitted gates are cached (``None``: ``$MOE_AGENTS_CACHE_DIR`` or the
             user cache folder); ``""`` disables the cache.
@@ -67,7 +68,7 @@ class RouterConfig:
     assess_top: int = 16
     gate: GateConfig = field(default_factory=GateConfig)
     cache_size: int = 1024
-    batch_window_s: float = 0.002
+    batch_window_s: float = 0.0
     max_batch: int = 64
     gate_cache_dir: str | None = None
 
@@ -241,9 +242,9 @@ class Router:
         candidates = [e for e in experts if e.accepts(query)]
         for e in experts:
             if not e.accepts(query):
-                scores[e.name] = ExpertScore(
-                    note=f"does not accept {sorted(query.modalities - e.modalities)}"
-                )
+                missing = sorted(query.modalities - e.modalities - {"file"})
+                note = f"does not accept {missing}" if missing else "takes only queries with images or audio"
+                scores[e.name] = ExpertScore(note=note)
         if not candidates:
             raise NoCapableExpert(
                 f"no expert accepts attachments of kind {sorted(query.modalities)}; "
