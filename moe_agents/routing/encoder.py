@@ -192,15 +192,15 @@ class BatchingEncoder:
             if len(self._queue) < self.max_batch:
                 await anyio.sleep(self.window_s)  # 0: one pass of the event loop
             batch, self._queue[: self.max_batch] = self._queue[: self.max_batch], []
+            vectors: np.ndarray | None = None
+            error: Exception | None = None
             with anyio.CancelScope(shield=True):  # a batch always completes and is handed out
                 try:
                     vectors = await anyio.to_thread.run_sync(
                         self.encoder.encode, [s.text for s in batch], limiter=self._limiter
                     )
                 except Exception as exc:
-                    vectors, error = None, exc
-                else:
-                    error = None
+                    error = exc
                 self.batches += 1
             for i, s in enumerate(batch):
                 if vectors is not None:
