@@ -32,7 +32,7 @@ from .errors import ConfigError
 from .pipeline import Pipeline
 from .registry import Registry, registry
 from .resources import BUNDLED_ENCODER
-from .routing.encoder import Encoder, SentenceEncoder, bundled_encoder
+from .routing.encoder import Encoder, LiteLLMEncoder, SentenceEncoder, bundled_encoder
 from .routing.exemplars import read_exemplars_jsonl
 from .routing.gate import GateConfig, load_gate
 from .routing.router import Router, RouterConfig
@@ -304,7 +304,11 @@ class _Builder:
 
     def encoder(self) -> Encoder:
         enc = self.spec.router.encoder
-        return bundled_encoder() if enc == BUNDLED_ENCODER else SentenceEncoder(_relative(enc, self.base))
+        if enc == BUNDLED_ENCODER:
+            return bundled_encoder()
+        if enc.startswith("litellm:"):
+            return LiteLLMEncoder(enc.removeprefix("litellm:"))
+        return SentenceEncoder(_relative(enc, self.base))
 
     def backend(self, raw: Mapping[str, Any], loc: Loc) -> Backend:
         kind_name = raw.get("kind")

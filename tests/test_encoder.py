@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import anyio
 import numpy as np
 import pytest
 
-from moe_agents.routing.encoder import BatchingEncoder
+from moe_agents import BackendError, load_pipeline
+from moe_agents.routing.encoder import BatchingEncoder, LiteLLMEncoder
 from moe_agents.testing import HashingEncoder
 
 
@@ -111,3 +113,32 @@ class TestBatchingEncoder:
                 tg.start_soon(batching.embed, f"text {i}")
         assert all(len(b) <= 64 for b in enc.batches)
         assert sum(len(b) for b in enc.batches) == n
+
+
+class TestLiteLLMEncoder:
+    def test_embeds_through_litellm_and_normalises(self) -> None:
+        """A hosted embedding (litellm's offline mock here) comes back L2-normalised, one row per text."""
+        enc = LiteLLMEncoder(
+            "openai/text-embedding-3-small", api_key="sk-x", params={"mock_response": [3.0, 4.0]}
+        )
+        out = enc.encode(["hello"])
+        np.testing.assert_allclose(out, [[0.6, 0.8]], rtol=1e-6)
+        assert enc.name == "litellm:openai/text-embedding-3-small"
+        assert "sk-x" not in repr(enc)
+
+    def test_wrong_number_of_embeddings_is_a_backend_error(self) -> None:
+        """A provider answering with fewer embeddings than texts is reported, not silently misaligned."""
+        enc = LiteLLMEncoder(
+            "openai/text-embedding-3-small", api_key="sk-x", params={"mock_response": [1.0, 0.0]}
+        )
+        with pytest.raises(BackendError, match="1 embeddings returned for 2 texts"):
+            enc.encode(["a", "b"])
+
+    def test_yaml_names_a_hosted_encoder(self, tmp_path: Path) -> None:
+        """`router.encoder: litellm:<model>` builds a LiteLLMEncoder."""
+        path = tmp_path / "p.yaml"
+        path.write_text(
+            "router: {encoder: 'litellm:openai/text-embedding-3-small'}\nexperts:\n  - {name: a, kind: coding}\n"
+        )
+        router = load_pipeline(path).router
+        assert isinstance(router.encoder, LiteLLMEncoder)

@@ -3,6 +3,7 @@ a query into a ``Selection``."""
 
 from .encoder import BatchingEncoder as BatchingEncoder
 from .encoder import Encoder as Encoder
+from .encoder import LiteLLMEncoder as LiteLLMEncoder
 from .encoder import SentenceEncoder as SentenceEncoder
 from .encoder import bundled_encoder as bundled_encoder
 from .exemplars import read_exemplars_jsonl as read_exemplars_jsonl
@@ -21,6 +22,7 @@ __all__ = [
     "FitReport",
     "Gate",
     "GateConfig",
+    "LiteLLMEncoder",
     "Router",
     "RouterConfig",
     "Rule",

@@ -9,20 +9,21 @@ from __future__ import annotations
 import functools
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import anyio
 import numpy as np
+from pydantic import SecretStr
 
-from ..errors import ConfigError
+from ..errors import BackendError, ConfigError
 from ..resources import BUNDLED_ENCODER, resolve_path
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["BatchingEncoder", "Encoder", "SentenceEncoder", "bundled_encoder"]
+__all__ = ["BatchingEncoder", "Encoder", "LiteLLMEncoder", "SentenceEncoder", "bundled_encoder"]
 
 
 @runtime_checkable
@@ -94,6 +95,64 @@ class SentenceEncoder:
     def dimension(self) -> int:
         self._ensure_loaded()
         return int(self._model.config.hidden_size)
+
+
+class LiteLLMEncoder:
+    """A hosted embedding model reached through ``litellm.embedding`` (needs the network).
+
+    Args:
+        model: the litellm embedding model (``openai/text-embedding-3-small``, ...).
+        api_key: the provider key; ``None``: litellm reads the provider's environment variable.
+        api_base: the server's base URL, for self-hosted or proxied models.
+        batch_size: texts per request.
+        params: extra ``litellm.embedding`` arguments.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: str | SecretStr | None = None,
+        api_base: str | None = None,
+        batch_size: int = 128,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.name = f"litellm:{model}"
+        self.api_key = SecretStr(api_key) if isinstance(api_key, str) else api_key
+        self.api_base = api_base
+        self.batch_size = batch_size
+        self.params = dict(params or {})
+
+    def __repr__(self) -> str:
+        return f"LiteLLMEncoder(model={self.model!r})"
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        from ..backends.litellm import _import_litellm
+
+        litellm = _import_litellm()
+        key = None if self.api_key is None else self.api_key.get_secret_value()
+        rows: list[list[float]] = []
+        for i in range(0, len(texts), self.batch_size):
+            batch = list(texts[i : i + self.batch_size])
+            try:
+                response = litellm.embedding(
+                    model=self.model, input=batch, api_key=key, api_base=self.api_base, **self.params
+                )
+            except Exception as exc:
+                message = f"{self.name}: {type(exc).__name__}: {exc}"
+                raise BackendError(
+                    message.replace(key, "**********") if key else message, backend=self.name
+                ) from exc
+            data = sorted(response.data, key=lambda d: d["index"])
+            if len(data) != len(batch):
+                raise BackendError(
+                    f"{self.name}: {len(data)} embeddings returned for {len(batch)} texts", backend=self.name
+                )
+            rows.extend(d["embedding"] for d in data)
+        vectors = np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.where(norms == 0, 1.0, norms)
 
 
 def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
