@@ -138,7 +138,8 @@ class TestLiteLLMEncoder:
         """`router.encoder: litellm:<model>` builds a LiteLLMEncoder."""
         path = tmp_path / "p.yaml"
         path.write_text(
-            "router: {encoder: 'litellm:openai/text-embedding-3-small'}\nexperts:\n  - {name: a, kind: coding}\n"
+            "router: {encoder: 'litellm:openai/text-embedding-3-small'}\n"
+            "experts:\n  - {name: a, kind: coding}\n"
         )
         router = load_pipeline(path).router
         assert isinstance(router.encoder, LiteLLMEncoder)
