@@ -340,11 +340,12 @@ def eval_routing(
 
     report = _run(go)
     scores = report.pop("scores")
+    console.width = max(console.width, 120)  # the tables need the room; a pipe would get 80 columns
     console.print(f"test set: {report['set']['n']} queries {report['set']['per_label']} (seed {seed})")
     for variant, results in scores.items():
         table = render_table(results)
         table.title = f"gates fitted on: {variant}"
-        console.print(table, width=max(console.width, 120))
+        console.print(table)
         console.print(
             render_confusion(
                 results["router"], title=f"full router ({variant}): rows true, columns routed to"
