@@ -235,17 +235,22 @@ class Pipeline:
         run.timings["route"] = time.perf_counter() - start
         emitter = _Emitter(on_chunk) if on_chunk is not None else None
         fan_out = self.aggregator.fan_out
-        targets = list(selection.experts if fan_out else selection.experts[:1])
-        stream_single = emitter if len(targets) == 1 else None
+        stream_single = emitter if len(selection.experts) == 1 else None
 
         async def attempt(name: str, sink: ChunkCallback | None) -> None:
             with contextlib.suppress(RunError):  # recorded in run.errors
                 await self._ask(run, name, query, sink)
 
         t = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for name in targets:
-                tg.start_soon(attempt, name, stream_single)
+        if fan_out:
+            async with anyio.create_task_group() as tg:
+                for name in selection.experts:
+                    tg.start_soon(attempt, name, stream_single)
+        else:  # the aggregator calls the others itself: one answer to start from, best first
+            for name in selection.experts:
+                await attempt(name, stream_single)
+                if run.answers:
+                    break
         if not run.answers:
             await self._fall_back(run, query, selection, emitter if stream_single else None)
         run.timings["experts"] = time.perf_counter() - t
@@ -264,7 +269,7 @@ class Pipeline:
             async def ask(name: str, q: Query, sink: ChunkCallback | None) -> Answer:
                 return await self._ask(run, name, q, sink)
 
-            job = Aggregation(query, selection, ordered, ask, emitter)
+            job = Aggregation(query, selection, ordered, ask, emitter, frozenset(run.errors))
             answer = await self.aggregator.aggregate(job)
         run.timings["aggregate"] = time.perf_counter() - t
         if emitter is not None and not emitter.emitted:

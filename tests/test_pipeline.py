@@ -425,3 +425,29 @@ class TestLifecycle:
         pipeline = Pipeline([Constant(), Coder()], router=Router(encoder=HashingEncoder()))
         result = await pipeline.run("what?")
         assert result.text == "always this"
+
+
+class TestSequentialFailures:
+    async def test_failed_drafter_is_replaced_by_the_next_selected_expert(self) -> None:
+        """If the best expert fails, the next selected one drafts and the failed one is not asked again."""
+
+        def boom(messages: Sequence[Message]) -> str:
+            raise RuntimeError("down")
+
+        probe = make(top_k=3)
+        order = (await probe.route("fix this python bug and solve the equation hello")).experts
+        backends = {n: FunctionBackend(echo(n), name=n) for n in ("coding", "maths", "talk")}
+        backends[order[0]] = FunctionBackend(boom, name=order[0])
+        pipeline = make(top_k=3, aggregator=SequentialAggregator(), **backends)
+        result = await pipeline.run("fix this python bug and solve the equation hello")
+        assert list(result.errors) == [order[0]]
+        assert result.answer.metadata["chain"] == [order[1], order[2]]
+        assert len(backends[order[0]].calls) == 1
+
+    async def test_sequential_streams_only_the_final_revision(self) -> None:
+        """With two experts chained, the stream carries the last revision only, not the draft too."""
+        async with make(top_k=2, aggregator=SequentialAggregator()) as pipeline:
+            stream = pipeline.stream("fix this python bug and solve the equation")
+            text = await stream.text()
+        assert stream.result is not None
+        assert text == stream.result.text

@@ -29,6 +29,7 @@ class Aggregation:
         ask: calls another expert through the pipeline.
         on_chunk: where to stream the final text, if the strategy generates it; strategies that
             do not generate text leave it unused and the pipeline sends the merged text once.
+        failed: experts that already failed on this query (not worth asking again).
     """
 
     query: Query
@@ -36,6 +37,7 @@ class Aggregation:
     answers: Mapping[str, Answer]
     ask: AskExpert
     on_chunk: ChunkCallback | None = None
+    failed: frozenset[str] = frozenset()
 
     def score(self, answer: Answer) -> float:
         """Selection weight × the answer's confidence."""
@@ -47,8 +49,8 @@ class Aggregator(ABC):
 
     Attributes:
         name: the strategy name used in YAML.
-        fan_out: when ``False`` the pipeline asks only the first selected expert that answers and
-            leaves the rest to the aggregator (``sequential`` chains them itself).
+        fan_out: when ``False`` the pipeline asks the selected experts one at a time, best first,
+            until one answers, and leaves the rest to the aggregator (``sequential`` chains them).
     """
 
     name: ClassVar[str]

@@ -34,7 +34,7 @@ class SequentialAggregator(Aggregator):
     async def aggregate(self, job: Aggregation) -> Answer:
         draft = next(iter(job.answers.values()))
         chain = [draft.expert]
-        rest = [e for e in job.selection.experts if e not in job.answers]
+        rest = [e for e in job.selection.experts if e not in job.answers and e not in job.failed]
         for i, expert in enumerate(rest):
             context = _IMPROVE.format(expert=draft.expert, draft=quote_as_data(draft.text, label="DRAFT"))
             last = i == len(rest) - 1
