@@ -113,8 +113,9 @@ class KnowledgeExpert(LLMExpert):
 
     ``load`` reads the documents, splits them into passages on paragraph boundaries and embeds them
     with ``encoder`` in a worker thread (``process`` loads on first use if the pipeline did not). Each
-    call retrieves the ``top_passages`` passages most similar to the request (cosine similarity),
-    quotes them in the prompt as numbered sources and asks the model to cite them as ``[1]``, ``[2]``.
+    call retrieves the ``top_passages`` passages most similar to the request (cosine similarity at
+    least ``min_score``: an unrelated passage only misleads the model), quotes them in the prompt as
+    numbered sources and asks the model to cite them as ``[1]``, ``[2]``.
     The answer's ``metadata["sources"]`` lists them, best first, as dicts
     ``{"source": str, "score": float, "text": str}``. Without documents it answers from the model alone
     and ``sources`` is empty.
@@ -132,6 +133,8 @@ class KnowledgeExpert(LLMExpert):
         encoder: embeds passages and requests; ``None`` uses the bundled all-MiniLM-L6-v2.
         top_passages: passages quoted per request.
         passage_chars: the most characters per passage (a longer paragraph is split at sentences).
+        min_score: passages less similar than this to the request are not quoted (0.25 suits
+            all-MiniLM-L6-v2: related passages score 0.3–0.6, unrelated ones below 0.1).
 
     Raises:
         ConfigError: ``top_passages`` or ``passage_chars`` is out of range, or (from ``load``) a
@@ -199,6 +202,7 @@ class KnowledgeExpert(LLMExpert):
         encoder: Encoder | None = None,
         top_passages: int = 3,
         passage_chars: int = 600,
+        min_score: float = 0.25,
     ) -> None:
         super().__init__(
             name,
@@ -224,6 +228,7 @@ class KnowledgeExpert(LLMExpert):
         self.documents: tuple[str | Path, ...] = tuple(documents)
         self.top_passages = top_passages
         self.passage_chars = passage_chars
+        self.min_score = min_score
         self._encoder = encoder
         self._passages: tuple[Passage, ...] | None = None
         self._vectors: np.ndarray | None = None  # (P, D)
@@ -290,7 +295,9 @@ class KnowledgeExpert(LLMExpert):
             return []
         query = await anyio.to_thread.run_sync(self.encoder.encode, [text], limiter=self._limiter)  # (1, D)
         scores = vectors @ query[0]  # (P,)
-        top = np.argsort(-scores, kind="stable")[: self.top_passages]
+        top = [
+            i for i in np.argsort(-scores, kind="stable")[: self.top_passages] if scores[i] >= self.min_score
+        ]
         return [
             {"source": passages[i].source, "score": float(scores[i]), "text": passages[i].text} for i in top
         ]
