@@ -18,13 +18,12 @@ from moe_agents.routing.gate import (
     FitReport,
     Gate,
     GateConfig,
-    GatingNetwork,
     KNNGate,
-    calibrate_temperature,
     fit_gate,
     gate_fingerprint,
     load_gate,
 )
+from moe_agents.routing.mlp import GatingNetwork, calibrate_temperature
 
 EXPERTS = ("alpha", "beta", "gamma", "delta", "epsilon")
 KINDS = ["mlp", "centroid", "knn"]

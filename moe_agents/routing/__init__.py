@@ -12,6 +12,7 @@ from .gate import Gate as Gate
 from .gate import GateConfig as GateConfig
 from .gate import fit_gate as fit_gate
 from .gate import load_gate as load_gate
+from .mlp import GatingNetwork as GatingNetwork
 from .router import Router as Router
 from .router import RouterConfig as RouterConfig
 from .rules import Rule as Rule
@@ -22,6 +23,7 @@ __all__ = [
     "FitReport",
     "Gate",
     "GateConfig",
+    "GatingNetwork",
     "LiteLLMEncoder",
     "Router",
     "RouterConfig",
