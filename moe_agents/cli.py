@@ -100,50 +100,6 @@ def _selection_line(selection: Selection) -> str:
     return f"→ {parts}  [dim]({selection.mode})[/]"
 
 
-def _selection_json(selection: Selection) -> dict[str, Any]:
-    return {
-        "experts": list(selection.experts),
-        "weights": list(selection.weights),
-        "mode": selection.mode,
-        "scores": {
-            name: {k: getattr(s, k) for k in s.__dataclass_fields__} for name, s in selection.scores.items()
-        },
-    }
-
-
-def _result_json(result: Result) -> dict[str, Any]:
-    return {
-        "id": result.id,
-        "answer": {
-            "expert": result.answer.expert,
-            "text": result.answer.text,
-            "confidence": result.answer.confidence,
-            "model": result.answer.model,
-            "metadata": _plain(result.answer.metadata),
-        },
-        "selection": _selection_json(result.selection),
-        "answers": {
-            n: {"text": a.text, "model": a.model, "latency_s": a.latency_s} for n, a in result.answers.items()
-        },
-        "errors": {n: f"{type(e).__name__}: {e}" for n, e in result.errors.items()},
-        "timings": dict(result.timings),
-        "cost": {
-            "prompt_tokens": result.cost.prompt_tokens,
-            "completion_tokens": result.cost.completion_tokens,
-            "cost_usd": result.cost.cost_usd,
-        },
-    }
-
-
-def _plain(value: Any) -> Any:
-    """Mappings and sequences made JSON-friendly (read-only mappings become dicts)."""
-    if hasattr(value, "items"):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value if isinstance(value, str | int | float | bool | type(None)) else str(value)
-
-
 def _attachments(image: list[Path] | None, audio: list[Path] | None) -> tuple[Attachment, ...]:
     found: list[Attachment] = []
     for kind, paths in (("image", image or []), ("audio", audio or [])):
@@ -176,7 +132,7 @@ def ask(
 
     result = _run(go)
     if as_json:
-        console.print_json(json.dumps(_result_json(result)))
+        console.print_json(json.dumps(result.to_dict()))
         return
     err_console.print(_selection_line(result.selection))
     for name, error in result.errors.items():
@@ -198,7 +154,7 @@ def route(
     pipeline = _load(config)
     selection = _run(lambda: pipeline.route(query))
     if as_json:
-        console.print_json(json.dumps(_selection_json(selection)))
+        console.print_json(json.dumps(selection.to_dict()))
         return
     console.print(_selection_line(selection))
     console.print(_scores_table(selection))

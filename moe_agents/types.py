@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import KW_ONLY, dataclass, field, replace
+from dataclasses import KW_ONLY, asdict, dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
@@ -106,6 +106,14 @@ class Usage:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": self.cost_usd,
+        }
+
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             self.prompt_tokens + other.prompt_tokens,
@@ -129,6 +137,18 @@ class Answer:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (metadata values that JSON cannot hold become strings)."""
+        return {
+            "expert": self.expert,
+            "text": self.text,
+            "confidence": self.confidence,
+            "model": self.model,
+            "usage": self.usage.to_dict(),
+            "latency_s": self.latency_s,
+            "metadata": _plain(self.metadata),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +218,15 @@ class Selection:
             weights[0] += 1.0 - sum(weights)
         return cls(tuple(e for e, _ in ranked), tuple(weights), mode, scores)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields, with every candidate's score breakdown."""
+        return {
+            "experts": list(self.experts),
+            "weights": list(self.weights),
+            "mode": self.mode,
+            "scores": {name: _plain(asdict(score)) for name, score in self.scores.items()},
+        }
+
     def weight(self, expert: str) -> float:
         """The weight of ``expert``, 0 if it was not chosen."""
         try:
@@ -237,3 +266,24 @@ class Result:
     def text(self) -> str:
         """The merged answer's text."""
         return self.answer.text
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields; errors become ``"<ErrorType>: <message>"`` strings."""
+        return {
+            "id": self.id,
+            "answer": self.answer.to_dict(),
+            "selection": self.selection.to_dict(),
+            "answers": {name: a.to_dict() for name, a in self.answers.items()},
+            "errors": {name: f"{type(e).__name__}: {e}" for name, e in self.errors.items()},
+            "timings": dict(self.timings),
+            "cost": self.cost.to_dict(),
+        }
+
+
+def _plain(value: Any) -> Any:
+    """Mappings and sequences as JSON-friendly dicts and lists; other non-JSON values as strings."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value if isinstance(value, str | int | float | bool | type(None)) else str(value)

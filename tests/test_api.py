@@ -141,3 +141,31 @@ class TestSelectionProperties:
         assert all(w >= 0 for w in s.weights)
         ranked = [scores[e] for e in s.experts]
         assert ranked == sorted(ranked, reverse=True)
+
+
+class TestJson:
+    def test_result_to_dict_is_json_ready(self) -> None:
+        """A Result with metadata, scores and errors serialises with json.dumps."""
+        import json
+
+        from moe_agents import Result
+        from moe_agents.errors import BackendTimeout
+
+        answer = Answer("coding", "hi", model="m", usage=Usage(1, 2, 0.5), metadata={"sources": ({"s": 1},)})
+        selection = Selection(
+            ("coding",), (1.0,), "router", {"coding": ExpertScore(gate=0.7, permission=0.7)}
+        )
+        result = Result(
+            "r1",
+            answer,
+            selection,
+            {"coding": answer},
+            {"omni": BackendTimeout("slow")},
+            {"total": 0.1},
+            Usage(1, 2, 0.5),
+        )
+        data = json.loads(json.dumps(result.to_dict()))
+        assert data["answer"]["metadata"] == {"sources": [{"s": 1}]}
+        assert data["selection"]["scores"]["coding"]["gate"] == 0.7
+        assert data["errors"] == {"omni": "BackendTimeout: slow"}
+        assert data["cost"] == {"prompt_tokens": 1, "completion_tokens": 2, "cost_usd": 0.5}
