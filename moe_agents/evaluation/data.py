@@ -13,7 +13,6 @@ CLINC ``train``), so that a router tuned on one can be measured honestly on the 
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 import random
 import struct
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..jsonl import read_jsonl
 from ..types import Attachment, Query
 
 __all__ = [
@@ -192,21 +192,6 @@ def _require(data_dir: Path, relative: str) -> Path:
     return path
 
 
-def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"not valid JSON: {exc.msg}", path=path, line=number) from exc
-            if not isinstance(row, dict):
-                raise ConfigError("expected a JSON object", path=path, line=number)
-            yield number, row
-
-
 def _field(row: Mapping[str, Any], key: str, path: Path, line: int) -> str:
     value = row.get(key)
     if not isinstance(value, str) or not value.strip():
@@ -216,12 +201,16 @@ def _field(row: Mapping[str, Any], key: str, path: Path, line: int) -> str:
 
 def _humaneval(data_dir: Path) -> list[LabelledQuery]:
     path = _require(data_dir, _HUMANEVAL)
-    return [LabelledQuery(_field(row, "prompt", path, n), "coding", "humaneval") for n, row in _jsonl(path)]
+    return [
+        LabelledQuery(_field(row, "prompt", path, n), "coding", "humaneval") for n, row in read_jsonl(path)
+    ]
 
 
 def _gsm8k(data_dir: Path, relative: str, source: str) -> list[LabelledQuery]:
     path = _require(data_dir, relative)
-    return [LabelledQuery(_field(row, "question", path, n), "reasoning", source) for n, row in _jsonl(path)]
+    return [
+        LabelledQuery(_field(row, "question", path, n), "reasoning", source) for n, row in read_jsonl(path)
+    ]
 
 
 def _mmlu(data_dir: Path) -> list[LabelledQuery]:
@@ -308,7 +297,7 @@ def _clinc_small_talk(
 def _llava(data_dir: Path) -> list[LabelledQuery]:
     path = _require(data_dir, _LLAVA)
     out = []
-    for n, row in _jsonl(path):
+    for n, row in read_jsonl(path):
         image = Attachment("image", data=_placeholder_png(_field(row, "image", path, n)), mime="image/png")
         out.append(LabelledQuery(_field(row, "text", path, n), "omni", "llava", (image,)))
     return out

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..jsonl import read_jsonl
 
 __all__ = ["read_exemplars_jsonl"]
 
@@ -17,21 +17,8 @@ def read_exemplars_jsonl(path: str | Path) -> list[tuple[str, str]]:
         ConfigError: the file cannot be read, or a line is not an object with string ``text`` and
             ``expert`` (the error names the file and the line).
     """
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read exemplars: {exc}", path=path) from exc
     pairs: list[tuple[str, str]] = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"not valid JSON: {exc.msg}", path=path, line=number) from exc
-        if not isinstance(item, dict):
-            raise ConfigError('expected a JSON object {"text": ..., "expert": ...}', path=path, line=number)
+    for number, item in read_jsonl(path, what="exemplars"):
         for key in ("text", "expert"):
             value = item.get(key)
             if not isinstance(value, str) or not value.strip():
