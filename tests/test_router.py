@@ -154,6 +154,15 @@ class TestRoute:
         await router.prepare(pool)
         assert len(list(tmp_path.glob("mlp-*.safetensors"))) == 2
 
+    async def test_changed_extra_exemplars_refit_the_gate(self, tmp_path: Path) -> None:
+        """Exemplars added to the router after a fit also make it fit a new gate."""
+        cfg = RouterConfig(gate_cache_dir=str(tmp_path))
+        router = Router(cfg, encoder=HashingEncoder())
+        await router.prepare(experts())
+        router.extra_exemplars = {"c": ("comets and meteors",)}
+        await router.prepare(experts())
+        assert len(list(tmp_path.glob("mlp-*.safetensors"))) == 2
+
     async def test_given_gate_must_match_the_experts(self) -> None:
         """A gate fitted for other experts is rejected with the names that differ."""
         gate, _ = fit_gate(

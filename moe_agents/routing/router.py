@@ -149,9 +149,14 @@ class Router:
             raise ConfigError(f"exemplars given for unknown experts {unknown}; experts: {sorted(out)}")
         return {name: texts for name, texts in out.items() if texts}
 
+    def _exemplar_key(self, experts: Sequence[Expert]) -> _ExemplarKey:
+        """What the gate was fitted from: the experts' exemplars and the router's extra ones."""
+        own = tuple((e.name, tuple(e.exemplars)) for e in experts)
+        return own + tuple(sorted(self.extra_exemplars.items()))
+
     async def prepare(self, experts: Sequence[Expert]) -> None:
         """Makes the gate ready for ``experts``: checks a given gate, or loads or fits one."""
-        key = tuple((e.name, tuple(e.exemplars)) for e in experts)
+        key = self._exemplar_key(experts)
         if key == self._gate_key:
             return
         async with self._gate_lock:
@@ -175,7 +180,7 @@ class Router:
         async with self._gate_lock:
             self._gate = await self._load_or_fit(exemplars, progress=progress, force=True)
             self._fixed = False
-            self._gate_key = tuple((e.name, tuple(e.exemplars)) for e in experts)
+            self._gate_key = self._exemplar_key(experts)
         assert self.report is not None
         return self.report
 
