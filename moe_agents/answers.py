@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-__all__ = ["answer_key", "extract_final_answer", "normalise_number", "normalise_text"]
+__all__ = ["answer_key", "extract_final_answer", "extract_number", "normalise_number", "normalise_text"]
 
 _FINAL_LINE = re.compile(
     r"^[ \t>*_#-]*final[ \t]+answer[ \t*_]*(?:[:：]|is\b)[ \t*_]*(?P<rest>.*)$", re.IGNORECASE | re.MULTILINE
@@ -42,6 +42,7 @@ _NUMERIC = re.compile(
 _FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
 _TRAILING = ".,;:!?。"
+_ANY_NUMBER = re.compile(r"[-−]?[$€£¥]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 
 
 def extract_final_answer(text: str) -> str | None:
@@ -78,6 +79,19 @@ def normalise_number(text: str) -> str | None:
         value = -value
     out = format(value.normalize(), "f")
     return "0" if out in ("-0", "+0") else out
+
+
+def extract_number(text: str) -> str | None:
+    """The numeric answer of a reply: its stated final answer when that is a number, else the last
+    number in the text (the usual GSM8K reading of replies without a marker), normalised.
+
+    ``"... so she makes 9 * $2 = $18 every day."`` → ``"18"``.
+    """
+    final = extract_final_answer(text)
+    if final is not None and (number := normalise_number(final)) is not None:
+        return number
+    numbers = _ANY_NUMBER.findall(text)
+    return normalise_number(numbers[-1]) if numbers else None
 
 
 def normalise_text(text: str) -> str:

@@ -9,7 +9,15 @@ The format (every section optional except ``experts``)::
     experts:
       - {name: coding, kind: coding, backends: [local], max_load: 2, timeout_s: 120}
       - {name: knowledge, kind: knowledge, backends: [local], documents: [{path: docs/faq.md}]}
+    trust:                            # optional: persistent trust, trust-first ranking, budgets
+      path: ~/.local/share/moe-agents/trust.sqlite3   # default: the user data folder; or ":memory:"
+      min_evidence: 3, epsilon: 0.0, low_trust_threshold: 0.3, hysteresis: 0.2, cost_weight: 1.0
+      decay: 0.98, prior: 0.5, context: {kind: gate, clusters: 16}
+      budget: {usd: 0.50, tokens: null, cheap_price: 0.0}       # per session
     management: {}                    # reserved for expert management
+
+Experts may set ``price:`` (cost per call, in the budget's unit) and ``scorer:`` (a registered
+automatic quality check such as ``python_parses``).
 
 Strings may contain ``${ENV_VAR}`` or ``${ENV_VAR:-default}``; a missing variable is an error.
 """
@@ -28,15 +36,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .aggregators.base import Aggregator
 from .backends.base import Backend, GenerationSettings
-from .errors import ConfigError
+from .budget import BudgetConfig
+from .errors import ConfigError, MoEError
 from .pipeline import Pipeline
 from .registry import Registry, registry
 from .resources import BUNDLED_ENCODER
+from .routing.context import ContextConfig
 from .routing.encoder import Encoder, LiteLLMEncoder, SentenceEncoder, bundled_encoder
 from .routing.exemplars import read_exemplars_jsonl
 from .routing.gate import GateConfig, load_gate
+from .routing.permission import SelectConfig
 from .routing.router import Router, RouterConfig
 from .routing.rules import Rule
+from .routing.trust import TrustStore
 
 __all__ = [
     "AggregationSpec",
@@ -46,6 +58,7 @@ __all__ = [
     "RouterSpec",
     "RuleSpec",
     "SettingsSpec",
+    "TrustSpec",
     "build_pipeline",
     "default_config_path",
     "load_pipeline",
@@ -84,6 +97,46 @@ class RouterSpec(_Spec):
     gate_path: str | None = None
     exemplars_file: str | None = None
     rules: list[RuleSpec] = []
+
+
+_SELECT = SelectConfig()
+_CONTEXT = ContextConfig()
+_BUDGET = BudgetConfig()
+
+
+class ContextSpec(_Spec):
+    """``trust.context:``"""
+
+    kind: str = _CONTEXT.kind
+    clusters: int = Field(default=_CONTEXT.clusters, ge=1)
+    online: bool = _CONTEXT.online
+    seed: int = _CONTEXT.seed
+
+
+class BudgetSpec(_Spec):
+    """``trust.budget:`` (per session)"""
+
+    usd: float | None = Field(default=None, ge=0.0)
+    tokens: int | None = Field(default=None, ge=0)
+    cheap_price: float = Field(default=_BUDGET.cheap_price, ge=0.0)
+
+
+class TrustSpec(_Spec):
+    """``trust:`` (defaults: the seed's, via ``SelectConfig``, ``ContextConfig`` and ``TrustStore``)"""
+
+    enabled: bool = True
+    path: str | None = None
+    min_evidence: int = Field(default=_SELECT.min_evidence, ge=1)
+    epsilon: float = Field(default=_SELECT.epsilon, ge=0.0, le=1.0)
+    low_trust_threshold: float = Field(default=_SELECT.low_trust_threshold, ge=0.0, le=1.0)
+    hysteresis: float = Field(default=_SELECT.hysteresis, ge=0.0)
+    cost_weight: float = Field(default=_SELECT.cost_weight, ge=0.0)
+    capable: float = Field(default=_SELECT.capable, ge=0.0, le=1.0)
+    decay: float = Field(default=0.98, gt=0.0, le=1.0)
+    prior: float = Field(default=0.5, ge=0.0, le=1.0)
+    context: ContextSpec = ContextSpec()
+    budget: BudgetSpec = BudgetSpec()
+    seed: int | None = None
 
 
 class AggregationSpec(_Spec):
@@ -128,6 +181,8 @@ class ExpertSpec(_Spec):
     exemplars: list[str] | None = None
     documents: list[str | DocumentSpec] | None = None
     settings: SettingsSpec | None = None
+    price: float = Field(default=0.0, ge=0.0)
+    scorer: str | None = None
     options: dict[str, Any] = {}
 
 
@@ -140,6 +195,7 @@ class PipelineSpec(_Spec):
     aggregation: AggregationSpec = AggregationSpec()
     backends: dict[str, dict[str, Any]] = {}
     experts: list[ExpertSpec] = Field(min_length=1)
+    trust: TrustSpec | None = None
     management: dict[str, Any] = {}
 
 
@@ -245,7 +301,38 @@ class _Builder:
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise self.error(f"duplicate expert name {name!r}", ("experts", i, "name"))
-        return Pipeline(experts, router=self.router(encoder, names), aggregator=self.aggregator(names))
+        trust = self.spec.trust if self.spec.trust is not None and self.spec.trust.enabled else None
+        budget = None
+        if trust is not None:
+            b = trust.budget
+            budget = BudgetConfig(usd=b.usd, tokens=b.tokens, cheap_price=b.cheap_price)
+        return Pipeline(
+            experts, router=self.router(encoder, names), aggregator=self.aggregator(names), budget=budget
+        )
+
+    def trust(self) -> tuple[TrustStore | None, SelectConfig, ContextConfig, int | None]:
+        t = self.spec.trust
+        if t is None or not t.enabled:
+            return None, SelectConfig(), ContextConfig(), None
+        try:
+            select = SelectConfig(
+                min_evidence=t.min_evidence,
+                epsilon=t.epsilon,
+                low_trust_threshold=t.low_trust_threshold,
+                hysteresis=t.hysteresis,
+                cost_weight=t.cost_weight,
+                capable=t.capable,
+            )
+            c = t.context
+            context = ContextConfig(kind=c.kind, clusters=c.clusters, online=c.online, seed=c.seed)  # type: ignore[arg-type]
+        except ConfigError as exc:
+            raise self.error(exc.message, ("trust",)) from None
+        path = None if t.path is None else t.path if t.path == ":memory:" else _relative(t.path, self.base)
+        try:
+            store = TrustStore(path, decay=t.decay, prior=t.prior)
+        except MoEError as exc:
+            raise self.error(str(exc), ("trust", "path")) from None
+        return store, select, context, t.seed
 
     def router(self, encoder: Encoder, names: Sequence[str]) -> Router:
         r = self.spec.router
@@ -264,6 +351,7 @@ class _Builder:
                 raise self.error(
                     f"rule names unknown experts {unknown}; experts: {list(names)}", ("router", "rules", i)
                 )
+        store, select, context, seed = self.trust()
         try:
             gate_config = GateConfig(**r.gate)
             config = RouterConfig(
@@ -273,6 +361,9 @@ class _Builder:
                 fallback_expert=r.fallback_expert,
                 assess_top=max(r.assess_top, r.top_k),
                 gate=gate_config,
+                selection=select,
+                context=context,
+                seed=seed,
             )
             rules = [Rule(rule.pattern, tuple(rule.experts), rule.name) for rule in r.rules]
         except TypeError as exc:
@@ -300,7 +391,7 @@ class _Builder:
                 gate = load_gate(self.base / r.gate_path, encoder=encoder.name)
             except ConfigError as exc:
                 raise self.error(exc.message, ("router", "gate_path")) from None
-        return Router(config, encoder=encoder, rules=rules, gate=gate, exemplars=exemplars)
+        return Router(config, encoder=encoder, rules=rules, gate=gate, exemplars=exemplars, trust=store)
 
     def encoder(self) -> Encoder:
         enc = self.spec.router.encoder
@@ -351,6 +442,13 @@ class _Builder:
             else:
                 backends.append(self.backend(ref, (*loc, "backends", j)))
         kwargs: dict[str, Any] = {"name": spec.name, "max_load": spec.max_load, "timeout_s": spec.timeout_s}
+        if spec.price:
+            kwargs["price"] = spec.price
+        if spec.scorer is not None:
+            try:
+                kwargs["scorer"] = self.registry.scorers.get(spec.scorer)
+            except ConfigError as exc:
+                raise self.error(exc.message, (*loc, "scorer")) from None
         if backends:
             kwargs["backends"] = backends
         if spec.system_prompt is not None:

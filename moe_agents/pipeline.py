@@ -19,6 +19,7 @@ from anyio.abc import TaskGroup
 
 from .aggregators import Aggregation, Aggregator, EnsembleAggregator, WeightedAggregator
 from .backends.base import Backend, ChunkCallback
+from .budget import BudgetConfig, SessionBudgets
 from .errors import (
     BackendTimeout,
     ConfigError,
@@ -29,6 +30,7 @@ from .errors import (
     UnknownResult,
 )
 from .experts.base import Expert
+from .routing.permission import Preset
 from .routing.router import Router
 from .types import Answer, Query, Result, Selection, Usage
 
@@ -72,6 +74,11 @@ class Pipeline:
         router: chooses experts per query (default: ``Router()`` with the bundled encoder, top-1).
         aggregator: merges answers (default: ``WeightedAggregator()``).
         keep_results: how many recent results are kept for ``feedback``.
+        budget: per-session cost budgets; a session that has spent its budget is answered only by
+            experts whose ``price`` is at most ``budget.cheap_price``.
+
+    With a trust store on the router (``Router(trust=TrustStore(...))``), ``feedback`` and the
+    experts' automatic ``scorer`` update each answering expert's trust in the query's context.
 
     Use it as an async context manager so that models load once up front and are released after;
     ``run`` also works without it (models then load on first use).
@@ -84,6 +91,7 @@ class Pipeline:
         router: Router | None = None,
         aggregator: Aggregator | None = None,
         keep_results: int = 1024,
+        budget: BudgetConfig | None = None,
     ) -> None:
         if not experts:
             raise ConfigError("a pipeline needs at least one expert")
@@ -113,6 +121,7 @@ class Pipeline:
         self._limiters = {e.name: anyio.CapacityLimiter(e.max_load) for e in experts}
         self._results: OrderedDict[str, Result] = OrderedDict()
         self._keep_results = keep_results
+        self.budgets = SessionBudgets(budget or BudgetConfig())
         self._task_group: TaskGroup | None = None
 
     @classmethod
@@ -170,21 +179,26 @@ class Pipeline:
             for backend in self.backends:
                 await backend.unload()
 
-    async def route(self, query: Query | str) -> Selection:
-        """Chooses experts for ``query`` without calling any of them."""
-        return await self.router.route(_as_query(query), list(self._experts.values()))
+    async def route(self, query: Query | str, *, preset: Preset | str = Preset.WAKE) -> Selection:
+        """Chooses experts for ``query`` without calling any of them (see ``run`` for ``preset``)."""
+        return await self._route(_as_query(query), preset)
 
-    async def run(self, query: Query | str) -> Result:
+    async def run(self, query: Query | str, *, preset: Preset | str = Preset.WAKE) -> Result:
         """Answers ``query``.
+
+        Args:
+            query: the query (a ``str`` is ``Query(text)``).
+            preset: the metabolic state: ``wake`` (top-k as configured), ``focus`` (the single
+                most trusted expert), ``rest``/``crisis`` (the single cheapest capable expert).
 
         Raises:
             InvalidInput: the query is empty.
             NoCapableExpert: no expert accepts the query's attachments.
             ExpertsFailed: every expert tried failed; it holds each error.
         """
-        return await self._run(_as_query(query), None)
+        return await self._run(_as_query(query), None, preset=preset)
 
-    def stream(self, query: Query | str) -> AnswerStream:
+    def stream(self, query: Query | str, *, preset: Preset | str = Preset.WAKE) -> AnswerStream:
         """Answers ``query`` as an async iterator of text chunks, sent as they are generated.
 
         A single chosen expert, and the synthesis step of ``ensemble``, stream token by token;
@@ -196,11 +210,12 @@ class Pipeline:
         q = _as_query(query)
         send, receive = anyio.create_memory_object_stream[str](max_buffer_size=64)
         stream = AnswerStream(receive)
-        self._task_group.start_soon(self._produce, q, send, stream)
+        self._task_group.start_soon(self._produce, q, send, stream, Preset(preset))
         return stream
 
     async def feedback(self, result_id: str, score: float) -> None:
-        """Records a quality score in [0, 1] for a result's experts.
+        """Records a quality score in [0, 1] for a result's experts (and in the trust store, in
+        the result's context, when the router keeps trust).
 
         Raises:
             UnknownResult: the id is not one of the last ``keep_results`` results.
@@ -213,22 +228,59 @@ class Pipeline:
             raise UnknownResult(result_id)
         for name in result.answers:
             self._experts[name].stats.record_feedback(float(score))
+        await self._record_trust(list(result.answers), result.selection.context, float(score), result.id)
         log.info("pipeline.feedback", result_id=result_id, score=float(score), experts=list(result.answers))
 
-    async def _produce(self, query: Query, send: MemoryObjectSendStream[str], stream: AnswerStream) -> None:
+    async def _record_trust(
+        self,
+        experts: Sequence[str],
+        context: str | None,
+        score: float,
+        result_id: str,
+        source: str = "feedback",
+    ) -> None:
+        store = self.router.trust
+        if store is None or context is None or not experts:
+            return
+
+        def write() -> None:
+            for name in experts:
+                store.record(name, context, score, source=source, result_id=result_id)
+
+        await anyio.to_thread.run_sync(write)
+
+    async def _route(self, query: Query, preset: Preset | str) -> Selection:
+        session = query.session_id
+        allowed = None
+        if self.budgets.config.enabled and self.budgets.exhausted(session):
+            cheap = self.budgets.config.cheap_price
+            allowed = lambda e: e.price <= cheap  # noqa: E731
+            log.info(
+                "pipeline.budget_exhausted", session=session, spent=self.budgets.spent(session).to_dict()
+            )
+        return await self.router.route(query, list(self._experts.values()), preset=preset, allowed=allowed)
+
+    async def _produce(
+        self, query: Query, send: MemoryObjectSendStream[str], stream: AnswerStream, preset: Preset
+    ) -> None:
         async with send:
             try:
-                stream.result = await self._run(query, send.send, stream)
+                stream.result = await self._run(query, send.send, stream, preset=preset)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 log.info("pipeline.stream_abandoned")
             except Exception as exc:  # handed to the consumer, never lost in the task group
                 stream.error = exc
 
     async def _run(
-        self, query: Query, on_chunk: ChunkCallback | None, stream: AnswerStream | None = None
+        self,
+        query: Query,
+        on_chunk: ChunkCallback | None,
+        stream: AnswerStream | None = None,
+        *,
+        preset: Preset | str = Preset.WAKE,
     ) -> Result:
         start = time.perf_counter()
-        selection = await self.router.route(query, list(self._experts.values()))
+        selection = await self._route(query, preset)
         if stream is not None:
             stream.selection = selection
         run = _Run()
@@ -278,6 +330,8 @@ class Pipeline:
 
         result = Result(uuid.uuid4().hex, answer, selection, run.answers, run.errors, run.timings, run.usage)
         self._remember(result)
+        self.budgets.charge(query.session_id, run.usage)
+        await self._score(query, result)
         log.info(
             "pipeline.finished",
             result_id=result.id,
@@ -348,6 +402,27 @@ class Pipeline:
         run.usage = run.usage + answer.usage
         log.info("expert.answered", expert=name, model=answer.model, ms=round(latency * 1000, 2))
         return answer
+
+    async def _score(self, query: Query, result: Result) -> None:
+        """Runs each answering expert's automatic ``scorer`` and records its score as trust."""
+        for name, answer in result.answers.items():
+            scorer = self._experts[name].scorer
+            if scorer is None:
+                continue
+            try:
+                score = await anyio.to_thread.run_sync(scorer, query, answer)
+            except Exception as exc:  # a broken scorer must not break answering
+                log.warning("scorer.failed", expert=name, error=f"{type(exc).__name__}: {exc}")
+                continue
+            if score is None:
+                continue
+            if not isinstance(score, int | float) or not 0.0 <= float(score) <= 1.0:
+                log.warning("scorer.invalid", expert=name, score=repr(score))
+                continue
+            log.info("scorer.scored", expert=name, score=float(score), result_id=result.id)
+            await self._record_trust(
+                [name], result.selection.context, float(score), result.id, source="scorer"
+            )
 
     def _remember(self, result: Result) -> None:
         self._results[result.id] = result

@@ -1,7 +1,8 @@
-"""The registry of kinds that YAML may name: experts, backends and aggregators.
+"""The registry of kinds that YAML may name: experts, backends, aggregators and scorers.
 
 Names in YAML resolve only through this registry (built-ins, what ``register_*`` added, and the
-entry points groups ``moe_agents.experts``, ``moe_agents.backends``, ``moe_agents.aggregators``);
+entry points groups ``moe_agents.experts``, ``moe_agents.backends``, ``moe_agents.aggregators``,
+``moe_agents.scorers``);
 never through import paths written in a file.
 """
 
@@ -18,7 +19,7 @@ from .aggregators.base import Aggregator
 from .backends.base import Backend
 from .backends.specs import BUILTIN_BACKENDS, BackendKind
 from .errors import ConfigError
-from .experts.base import Expert
+from .experts.base import Expert, Scorer
 
 __all__ = [
     "BackendKind",
@@ -26,6 +27,7 @@ __all__ = [
     "register_aggregator",
     "register_backend",
     "register_expert",
+    "register_scorer",
     "registry",
 ]
 
@@ -59,17 +61,19 @@ class _Table(Generic[T]):
 
 
 class Registry:
-    """Expert kinds, backend kinds and aggregator strategies by name."""
+    """Expert kinds, backend kinds, aggregator strategies and quality scorers by name."""
 
     def __init__(self) -> None:
         self.experts: _Table[type[Expert]] = _Table("expert kind", "moe_agents.experts")
         self.backends: _Table[BackendKind] = _Table("backend kind", "moe_agents.backends")
         self.aggregators: _Table[type[Aggregator]] = _Table("aggregation strategy", "moe_agents.aggregators")
+        self.scorers: _Table[Scorer] = _Table("scorer", "moe_agents.scorers")
 
 
 def _builtin_registry() -> Registry:
     from .aggregators import BUILTIN_AGGREGATORS
     from .experts import BUILTIN_EXPERTS
+    from .scorers import BUILTIN_SCORERS
 
     reg = Registry()
     for kind, cls in BUILTIN_EXPERTS.items():
@@ -78,6 +82,8 @@ def _builtin_registry() -> Registry:
         reg.backends.add(kind, backend_kind)
     for name, agg in BUILTIN_AGGREGATORS.items():
         reg.aggregators.add(name, agg)
+    for name, scorer in BUILTIN_SCORERS.items():
+        reg.scorers.add(name, scorer)
     return reg
 
 
@@ -98,3 +104,8 @@ def register_backend(kind: str, spec: type[BaseModel], build: Callable[[Any], Ba
 def register_aggregator(name: str, cls: type[Aggregator]) -> None:
     """Makes ``aggregation.strategy: <name>`` use ``cls``."""
     registry.aggregators.add(name, cls)
+
+
+def register_scorer(name: str, scorer: Scorer) -> None:
+    """Makes ``scorer: <name>`` on an expert in YAML use ``scorer`` (``(query, answer) -> float | None``)."""
+    registry.scorers.add(name, scorer)

@@ -181,12 +181,14 @@ class Selection:
         weights: one weight per chosen expert, ≥ 0, summing to 1.
         mode: how the choice was made (``router``, ``low_confidence``, ``trust_driven``, ...).
         scores: the score breakdown of every candidate considered, chosen or not.
+        context: the trust context of the query (what feedback on this choice updates), if any.
     """
 
     experts: tuple[str, ...]
     weights: tuple[float, ...]
     mode: str
     scores: Mapping[str, ExpertScore] = field(default_factory=lambda: _EMPTY)
+    context: str | None = None
 
     def __post_init__(self) -> None:
         experts, weights = tuple(self.experts), tuple(float(w) for w in self.weights)
@@ -204,7 +206,12 @@ class Selection:
 
     @classmethod
     def from_scores(
-        cls, ranked: list[tuple[str, float]], *, mode: str, scores: Mapping[str, ExpertScore]
+        cls,
+        ranked: list[tuple[str, float]],
+        *,
+        mode: str,
+        scores: Mapping[str, ExpertScore],
+        context: str | None = None,
     ) -> Selection:
         """Builds a selection from ``(expert, score)`` pairs, normalising the scores into weights.
 
@@ -216,7 +223,7 @@ class Selection:
         weights = [max(s, 0.0) / total if total > 0 else 1.0 / n for _, s in ranked]
         if weights:  # absorb rounding so the sum is exactly 1
             weights[0] += 1.0 - sum(weights)
-        return cls(tuple(e for e, _ in ranked), tuple(weights), mode, scores)
+        return cls(tuple(e for e, _ in ranked), tuple(weights), mode, scores, context)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields, with every candidate's score breakdown."""
@@ -224,6 +231,7 @@ class Selection:
             "experts": list(self.experts),
             "weights": list(self.weights),
             "mode": self.mode,
+            "context": self.context,
             "scores": {name: _plain(asdict(score)) for name, score in self.scores.items()},
         }
 

@@ -15,6 +15,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # fitted gates are cached per test session, never in the user's cache folder
 os.environ["MOE_AGENTS_CACHE_DIR"] = tempfile.mkdtemp(prefix="moe-agents-tests-")
+# the trust store's default file, never in the user's data folder
+os.environ["MOE_AGENTS_DATA_DIR"] = tempfile.mkdtemp(prefix="moe-agents-data-")
 
 _real_connect = socket.socket.connect
 

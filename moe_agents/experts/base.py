@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -14,7 +14,10 @@ from ..backends.base import Backend, ChunkCallback, Completion, GenerationSettin
 from ..errors import BackendError, ConfigError
 from ..types import Answer, Message, Query
 
-__all__ = ["Expert", "ExpertCapability", "ExpertStats", "LLMExpert", "Signal"]
+__all__ = ["Expert", "ExpertCapability", "ExpertStats", "LLMExpert", "Scorer", "Signal"]
+
+Scorer = Callable[[Query, Answer], "float | None"]
+"""An automatic quality check of one answer: a score in [0, 1], or ``None`` for no opinion."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,10 @@ class Expert(ABC):
         exemplars: example requests it is good at; the router's gate is built from them.
         max_load: most concurrent calls the pipeline lets through.
         timeout_s: per-call deadline (``None``: none).
+        price: what one call costs, in the unit of the pipeline's budgets (e.g. USD); the router
+            turns it into ``cheapness``.
+        scorer: an automatic quality check ``(query, answer) -> score in [0, 1] | None`` whose
+            scores update trust like feedback does (``None``: no score for that answer).
     """
 
     name: str
@@ -97,6 +104,8 @@ class Expert(ABC):
     exemplars: tuple[str, ...] = ()
     max_load: int = 4
     timeout_s: float | None = 120.0
+    price: float = 0.0
+    scorer: Scorer | None = None
 
     @property
     def stats(self) -> ExpertStats:
@@ -183,6 +192,8 @@ class LLMExpert(Expert):
         max_load: most concurrent calls.
         timeout_s: per-call deadline in seconds.
         settings: generation settings for every call.
+        price: cost of one call (see ``Expert.price``).
+        scorer: an automatic quality check (see ``Expert.scorer``).
     """
 
     kind: ClassVar[str] = "llm"
@@ -202,12 +213,18 @@ class LLMExpert(Expert):
         timeout_s: float | None = 120.0,
         settings: GenerationSettings | None = None,
         capabilities: Sequence[ExpertCapability] | None = None,
+        price: float = 0.0,
+        scorer: Scorer | None = None,
     ) -> None:
         if max_load < 1:
             raise ConfigError(f"max_load must be >= 1, got {max_load}")
         if timeout_s is not None and timeout_s <= 0:
             raise ConfigError(f"timeout_s must be > 0, got {timeout_s}")
+        if price < 0:
+            raise ConfigError(f"price must be >= 0, got {price}")
         self.name = name or self.kind
+        self.price = float(price)
+        self.scorer = scorer
         self._backends = tuple(backends)
         self.system_prompt = system_prompt or self.default_system_prompt
         self.exemplars = tuple(exemplars) if exemplars is not None else self.default_exemplars

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from ..backends.base import Backend, GenerationSettings
 from ..errors import ConfigError
-from .base import ExpertCapability, LLMExpert, Signal
+from .base import ExpertCapability, LLMExpert, Scorer, Signal
 
 __all__ = ["EpistemicExpert"]
 
@@ -192,6 +192,8 @@ class EpistemicExpert(LLMExpert):
         timeout_s: float | None = 120.0,
         settings: GenerationSettings | None = None,
         capabilities: Sequence[ExpertCapability] | None = None,
+        price: float = 0.0,
+        scorer: Scorer | None = None,
         adapter: str | Path | None = None,
     ) -> None:
         super().__init__(
@@ -203,6 +205,8 @@ class EpistemicExpert(LLMExpert):
             timeout_s=timeout_s,
             settings=settings,
             capabilities=capabilities,
+            price=price,
+            scorer=scorer,
         )
         if adapter is not None and not str(adapter).strip():
             raise ConfigError(f"expert {self.name!r}: adapter must be a non-empty path or name")

@@ -16,7 +16,7 @@ import numpy as np
 from ..backends.base import Backend, GenerationSettings
 from ..errors import ConfigError
 from ..types import Answer, Query
-from .base import ExpertCapability, LLMExpert, Signal
+from .base import ExpertCapability, LLMExpert, Scorer, Signal
 
 if TYPE_CHECKING:
     from ..backends.base import ChunkCallback
@@ -198,6 +198,8 @@ class KnowledgeExpert(LLMExpert):
         timeout_s: float | None = 120.0,
         settings: GenerationSettings | None = None,
         capabilities: Sequence[ExpertCapability] | None = None,
+        price: float = 0.0,
+        scorer: Scorer | None = None,
         documents: Sequence[str | Path] = (),
         encoder: Encoder | None = None,
         top_passages: int = 3,
@@ -213,6 +215,8 @@ class KnowledgeExpert(LLMExpert):
             timeout_s=timeout_s,
             settings=settings,
             capabilities=capabilities,
+            price=price,
+            scorer=scorer,
         )
         if isinstance(documents, (str, Path)):
             raise ConfigError(f"expert {self.name!r}: documents must be a list of paths or texts, not one")

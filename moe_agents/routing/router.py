@@ -1,10 +1,13 @@
-"""The router: a gating network over query embeddings mixed with the experts' self-assessment.
+"""The router: a gating network over query embeddings mixed with the experts' self-assessment,
+trust, cost and residency.
 
 For a query, ``expertise = gate_weight × gate + (1 − gate_weight) × can_handle``, where ``gate`` is
 the probability the fitted gate (an MLP over sentence embeddings, by default) gives each expert.
 Experts at ``max_load`` are penalised; experts that cannot take the query's attachments are
-excluded; hybrid rules, when one matches, restrict the candidates. The best ``top_k`` above
-``min_confidence`` are chosen.
+excluded; hybrid rules, when one matches, restrict the candidates. The choice itself is made by
+the permission function (``moe_agents.routing.permission.select``): trust-first once trust is
+established in the query's context, ``cheapness`` from each expert's price and swap cost, the
+hysteresis bonus for resident models; the best ``top_k`` above ``min_confidence`` are chosen.
 
 The gate is fitted from the experts' exemplars the first time it is needed and cached on disk under
 a fingerprint of the encoder, the exemplars and the gate settings, so it is refitted exactly when
@@ -16,8 +19,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import numpy as np
@@ -26,9 +30,15 @@ import structlog
 from ..errors import ConfigError, NoCapableExpert
 from ..experts.base import Expert
 from ..types import ExpertScore, Query, Selection
+from .context import ContextConfig, KMeansContexts, gate_context
 from .encoder import BatchingEncoder, Encoder, bundled_encoder
 from .gate import FitReport, Gate, GateConfig, fit_gate, gate_fingerprint, load_gate
+from .permission import Candidates, Preset, SelectConfig, select
 from .rules import Rule, first_match
+
+if TYPE_CHECKING:
+    from ..residency import Residency
+    from .trust import TrustStore
 
 __all__ = ["Router", "RouterConfig", "gate_cache_dir"]
 
@@ -58,6 +68,9 @@ class RouterConfig:
         max_batch: most queries per encoder forward.
         gate_cache_dir: where fitted gates are cached (``None``: ``$MOE_AGENTS_CACHE_DIR`` or the
             user cache folder); ``""`` disables the cache.
+        selection: trust-first ranking, exploration, low-trust fallback, hysteresis, cost weight.
+        context: how queries are bucketed for trust.
+        seed: seeds exploration (``None``: fresh randomness).
     """
 
     top_k: int = 1
@@ -71,6 +84,9 @@ class RouterConfig:
     batch_window_s: float = 0.0
     max_batch: int = 64
     gate_cache_dir: str | None = None
+    selection: SelectConfig = field(default_factory=SelectConfig)
+    context: ContextConfig = field(default_factory=ContextConfig)
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -108,6 +124,10 @@ class Router:
             the experts' exemplars on first use.
         exemplars: extra exemplars per expert name (e.g. from a JSONL file), added to each
             expert's own.
+        trust: the trust store; with it, trust ranks experts once it is established per context,
+            and ``Selection.context`` says which context feedback updates.
+        residency: byte-budgeted model residency; resident experts get the hysteresis bonus and
+            others pay their swap time in ``cheapness``.
     """
 
     def __init__(
@@ -118,8 +138,15 @@ class Router:
         rules: Sequence[Rule] = (),
         gate: Gate | None = None,
         exemplars: Mapping[str, Sequence[str]] | None = None,
+        trust: TrustStore | None = None,
+        residency: Residency | None = None,
     ) -> None:
         self.config = config or RouterConfig()
+        self.trust = trust
+        self.residency = residency
+        self.clusters: KMeansContexts | None = None
+        """The k-means contexts (``context.kind: cluster``), fitted from the exemplars in ``prepare``."""
+        self._rng = np.random.default_rng(self.config.seed)
         self.encoder = encoder if encoder is not None else bundled_encoder()
         self.embedder = BatchingEncoder(
             self.encoder,
@@ -170,6 +197,11 @@ class Router:
                 self._gate = await self._load_or_fit(exemplars, progress=None, force=False)
             else:
                 self._gate = None  # nothing to learn from: the gate is uniform
+            if self.trust is not None and self.config.context.kind == "cluster" and self.clusters is None:
+                texts = [t for ts in exemplars.values() for t in ts]
+                if texts:
+                    vectors = await self.embedder.embed_many(texts)
+                    self.clusters = KMeansContexts.fit(vectors, self.config.context)
             self._gate_key = key
 
     async def fit(
@@ -234,8 +266,22 @@ class Router:
         """The query's embedding (micro-batched with concurrent queries; LRU-cached)."""
         return await self.embedder.embed(text)
 
-    async def route(self, query: Query, experts: Sequence[Expert]) -> Selection:
+    async def route(
+        self,
+        query: Query,
+        experts: Sequence[Expert],
+        *,
+        preset: Preset | str = Preset.WAKE,
+        allowed: Callable[[Expert], bool] | None = None,
+    ) -> Selection:
         """Scores the experts for ``query`` and returns the top-k as a ``Selection``.
+
+        Args:
+            query: the query.
+            experts: the candidates.
+            preset: the metabolic state for this call (``wake``, ``focus``, ``rest``, ``crisis``).
+            allowed: when given, only experts it accepts may be chosen (e.g. cheap ones once a
+                session's budget is spent); if it accepts none, all may be.
 
         Raises:
             NoCapableExpert: no expert accepts the query's attachments.
@@ -265,7 +311,7 @@ class Router:
                         scores[e.name] = ExpertScore(note=f"rule {rule.label!r} sends this query elsewhere")
                 candidates, mode = ruled, f"rule:{rule.label}"
 
-        gate = await self._gate_probs(query, candidates)
+        gate, context = await self._gate_probs(query, candidates)
         assess_order = np.argsort(-gate, kind="stable")[: cfg.assess_top]
         assessed: dict[int, float] = {}
 
@@ -276,28 +322,52 @@ class Router:
             for i in assess_order:
                 tg.start_soon(assess, int(i))
 
-        ranked: list[tuple[str, float]] = []
+        names = [e.name for e in candidates]
+        expertise = np.empty(len(candidates))
+        availability = np.ones(len(candidates))
         for i, expert in enumerate(candidates):
             self_assessment = assessed.get(i)
-            expertise = cfg.gate_weight * gate[i] + (1.0 - cfg.gate_weight) * (self_assessment or 0.0)
+            expertise[i] = cfg.gate_weight * gate[i] + (1.0 - cfg.gate_weight) * (self_assessment or 0.0)
             overloaded = expert.current_load >= expert.max_load
-            permission = expertise * (cfg.overload_penalty if overloaded else 1.0)
+            availability[i] = cfg.overload_penalty if overloaded else 1.0
             scores[expert.name] = ExpertScore(
                 gate=float(gate[i]),
                 self_assessment=self_assessment,
                 load=expert.current_load / expert.max_load,
-                expertise=float(expertise),
-                permission=float(permission),
                 note="at max_load" if overloaded else None,
             )
-            ranked.append((expert.name, float(permission)))
-
-        ranked.sort(key=lambda p: p[1], reverse=True)
-        chosen = [p for p in ranked[: cfg.top_k] if p[1] >= cfg.min_confidence]
-        if not chosen:
-            fallback = next((p for p in ranked if p[0] == cfg.fallback_expert), None)
-            chosen, mode = ([fallback], "fallback") if fallback else (ranked[:1], "low_confidence")
-        selection = Selection.from_scores(chosen, mode=mode, scores=scores)
+        trust = evidence = None
+        if self.trust is not None:
+            trust, evidence = self.trust.lookup(names, context, backoff=cfg.selection.min_evidence)
+        resident = swap_s = None
+        if self.residency is not None:
+            resident, swap_s = _residency_state(self.residency, candidates)
+        store = self.trust
+        selection = select(
+            Candidates(
+                names,
+                expertise,
+                trust=trust,
+                evidence=evidence,
+                price=np.array([e.price for e in candidates]),
+                swap_s=swap_s,
+                resident=resident,
+                availability=availability,
+                profiles=(lambda: store.profiles(names)[0]) if store is not None else None,
+                base=scores,
+                allowed=None if allowed is None else np.array([allowed(e) for e in candidates]),
+            ),
+            cfg.selection,
+            k=cfg.top_k,
+            min_confidence=cfg.min_confidence,
+            preset=preset,
+            rng=self._rng,
+            context=context,
+            fallback=cfg.fallback_expert,
+        )
+        # experts left out before ranking keep their note; a rule names the mode of a plain choice
+        mode = mode if selection.mode == "router" else selection.mode
+        selection = replace(selection, mode=mode, scores={**scores, **selection.scores})
         log.info(
             "route.selected",
             experts=selection.experts,
@@ -307,18 +377,42 @@ class Router:
         )
         return selection
 
-    async def _gate_probs(self, query: Query, candidates: Sequence[Expert]) -> np.ndarray:
+    async def _gate_probs(self, query: Query, candidates: Sequence[Expert]) -> tuple[np.ndarray, str | None]:
         """The gate's probabilities over ``candidates``, renormalised (uniform when there is no gate
-        or it gives them no mass); experts the gate does not know get 0."""
-        gate = self._gate
-        if gate is None:
-            return np.full(len(candidates), 1.0 / len(candidates))
-        vector = await self.embed(query.text)
+        or it gives them no mass; experts the gate does not know get 0), and the query's trust
+        context (``None`` without a trust store)."""
+        gate, kind = self._gate, self.config.context.kind
+        uniform = np.full(len(candidates), 1.0 / len(candidates))
+        needs_vector = gate is not None or (self.trust is not None and self.clusters is not None)
+        vector = await self.embed(query.text) if needs_vector else None
+        context: str | None = None
+        if self.trust is not None:
+            context = "global"
+            if kind == "cluster" and self.clusters is not None and vector is not None:
+                context = self.clusters.assign(vector)
+        if gate is None or vector is None:
+            if self.trust is not None and kind == "gate":
+                context = "global"  # no gate to take a label from
+            return uniform, context
         probs = gate.predict_proba(vector[None, :])[0]  # (E,)
+        if self.trust is not None and kind == "gate":
+            context = gate_context(gate.experts, probs)
         column = {name: i for i, name in enumerate(gate.experts)}
         p = np.array([probs[column[e.name]] if e.name in column else 0.0 for e in candidates])
         total = p.sum()
-        return p / total if total > 0 else np.full(len(candidates), 1.0 / len(candidates))
+        return (p / total if total > 0 else uniform), context
+
+
+def _residency_state(residency: Residency, experts: Sequence[Expert]) -> tuple[np.ndarray, np.ndarray]:
+    """Per expert: resident (it has a loaded model, or none that residency manages) and the
+    seconds to load its cheapest model otherwise."""
+    resident, swap_s = np.ones(len(experts), bool), np.zeros(len(experts))
+    for i, expert in enumerate(experts):
+        managed = [b.name for b in expert.backends if b.name in residency]
+        if managed:
+            resident[i] = bool(residency.resident(managed).any())
+            swap_s[i] = float(residency.swap_cost(managed).min())
+    return resident, swap_s
 
 
 def _check_experts(gate_experts: Sequence[str], exemplars: Mapping[str, Sequence[str]]) -> None:
