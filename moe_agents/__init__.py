@@ -19,7 +19,9 @@ from .backends import Backend as Backend
 from .backends import Completion as Completion
 from .backends import GenerationSettings as GenerationSettings
 from .backends import LiteLLMBackend as LiteLLMBackend
+from .backends import ReplayBackend as ReplayBackend
 from .backends import TransformersBackend as TransformersBackend
+from .budget import BudgetConfig as BudgetConfig
 from .config import default_config_path as default_config_path
 from .config import load_pipeline as load_pipeline
 from .errors import BackendError as BackendError
@@ -45,12 +47,20 @@ from .pipeline import Pipeline as Pipeline
 from .registry import register_aggregator as register_aggregator
 from .registry import register_backend as register_backend
 from .registry import register_expert as register_expert
+from .registry import register_scorer as register_scorer
+from .routing import Candidates as Candidates
+from .routing import ContextConfig as ContextConfig
 from .routing import Encoder as Encoder
 from .routing import GateConfig as GateConfig
+from .routing import Preset as Preset
 from .routing import Router as Router
 from .routing import RouterConfig as RouterConfig
 from .routing import Rule as Rule
+from .routing import SelectConfig as SelectConfig
 from .routing import SentenceEncoder as SentenceEncoder
+from .routing import TrustStore as TrustStore
+from .routing import permission as permission
+from .routing import select as select
 from .types import Answer as Answer
 from .types import Attachment as Attachment
 from .types import ExpertScore as ExpertScore
@@ -70,9 +80,12 @@ __all__ = [
     "Backend",
     "BackendError",
     "BackendTimeout",
+    "BudgetConfig",
+    "Candidates",
     "CodingExpert",
     "Completion",
     "ConfigError",
+    "ContextConfig",
     "Encoder",
     "EnsembleAggregator",
     "EpistemicExpert",
@@ -91,24 +104,31 @@ __all__ = [
     "NoCapableExpert",
     "OmniExpert",
     "Pipeline",
+    "Preset",
     "Query",
     "ReasoningExpert",
+    "ReplayBackend",
     "Result",
-    "RunError",
     "Router",
     "RouterConfig",
     "Rule",
+    "RunError",
+    "SelectConfig",
     "Selection",
     "SentenceEncoder",
     "SequentialAggregator",
     "TransformersBackend",
+    "TrustStore",
     "UnknownResult",
     "Usage",
     "VotingAggregator",
     "WeightedAggregator",
     "default_config_path",
     "load_pipeline",
+    "permission",
     "register_aggregator",
     "register_backend",
     "register_expert",
+    "register_scorer",
+    "select",
 ]

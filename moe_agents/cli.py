@@ -1,13 +1,16 @@
-"""The ``moe-agents`` command line: ``chat``, ``ask``, ``route``, ``experts``."""
+"""The ``moe-agents`` command line: chat, ask, route, experts, fit, eval and trust."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -23,6 +26,7 @@ from .errors import MoEError, RunError
 from .pipeline import Pipeline
 from .routing.exemplars import read_exemplars_jsonl
 from .routing.gate import FitReport
+from .routing.trust import TrustStore
 from .types import Attachment, Query, Result, Selection
 
 __all__ = ["app", "main"]
@@ -51,6 +55,17 @@ def _setup(verbose: bool) -> None:
     """The application, not the library, configures logging."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    _setup_logging(verbose)
+    if not verbose:  # progress bars of model loading are noise next to the spinner
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+
+
+def _setup_logging(verbose: bool) -> None:
+    """Library events go to stderr: INFO and up with ``--verbose``, else warnings only."""
     level = logging.INFO if verbose else logging.WARNING
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(level),
@@ -58,12 +73,6 @@ def _setup(verbose: bool) -> None:
         processors=[structlog.processors.add_log_level, structlog.dev.ConsoleRenderer(colors=False)],
         cache_logger_on_first_use=False,
     )
-    if not verbose:  # progress bars of model loading are noise next to the spinner
-        os.environ.setdefault("TQDM_DISABLE", "1")
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
 
 
 def _fail(exc: MoEError) -> typer.Exit:
@@ -336,6 +345,164 @@ def eval_routing(
         flat = {f"{r} ({v})": s for v, rs in scores.items() for r, s in rs.items()}
         plot_confusions(flat, plot)
         console.print(f"wrote {plot}")
+
+
+@eval_app.command("recorded")
+def eval_recorded(
+    data: Annotated[Path, typer.Option("--data", help="The shared data folder.")] = Path("../shared/data"),
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.json and the PNG plots.")] = Path(
+        "results/recorded"
+    ),
+    limit: Annotated[
+        int | None, typer.Option(help="Questions per MMLU subject and of GSM8K (quick runs); all by default.")
+    ] = None,
+    clusters: Annotated[int, typer.Option(help="k-means trust contexts.")] = 32,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds (MMLU: subject-disjoint).")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of folds, stream order and exploration.")] = 0,
+    residency_queries: Annotated[int, typer.Option(help="Length of the residency trace.")] = 5000,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Trust-based selection on recorded answers of real LLMs (MMLU, GSM8K): cost/quality routing,
+    online trust, aggregation and residency, each beside its baselines."""
+    from .evaluation.recorded_eval import RecordedEvalConfig, evaluate_recorded, plot_recorded
+    from .evaluation.report import render_recorded
+    from .routing.encoder import bundled_encoder
+
+    _setup(verbose)
+    cfg = RecordedEvalConfig(
+        data_dir=data,
+        folds=folds,
+        clusters=clusters,
+        seed=seed,
+        limit=limit,
+        residency_queries=residency_queries,
+    )
+    try:
+        with err_console.status("recorded-answers benchmark", spinner="dots") as status:
+            report = evaluate_recorded(cfg, bundled_encoder(), progress=lambda line: status.update(line))
+    except MoEError as exc:
+        raise _fail(exc) from None
+    console.width = max(console.width, 120)
+    for renderable in render_recorded(report):
+        console.print(renderable)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    paths = plot_recorded(report, out)
+    console.print(f"wrote {out / 'report.json'} and {', '.join(str(p) for p in paths)}")
+
+
+trust_app = typer.Typer(
+    help="The persistent trust store: how well each expert did in each context.", no_args_is_help=True
+)
+app.add_typer(trust_app, name="trust")
+
+DbOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--db", help="The trust store (default: trust.sqlite3 in the user data folder).", show_default=False
+    ),
+]
+ExpertOpt = Annotated[str | None, typer.Option("--expert", help="Only this expert.", show_default=False)]
+ContextOpt = Annotated[str | None, typer.Option("--context", help="Only this context.", show_default=False)]
+
+
+class ExportFormat(StrEnum):
+    """File formats of ``trust export``."""
+
+    JSONL = "jsonl"
+    CSV = "csv"
+
+
+def _trust_store(path: Path) -> TrustStore:
+    """Opens the store at ``path``; a missing file reads as an empty store and is not created."""
+    try:
+        return TrustStore(path if path.exists() else ":memory:")
+    except MoEError as exc:
+        raise _fail(exc) from None
+
+
+def _filters(expert: str | None, context: str | None) -> str:
+    parts = [f"expert {expert}" if expert else "", f"context {context}" if context else ""]
+    return " and ".join(p for p in parts if p) or "every expert and context"
+
+
+@trust_app.command("show")
+def trust_show(
+    db: DbOpt = None,
+    expert: ExpertOpt = None,
+    context: ContextOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Show trust per expert and context, with the evidence behind it."""
+    _setup_logging(verbose)
+    path = db or TrustStore.default_path()
+    with _trust_store(path) as store:
+        try:
+            stats = store.stats(expert, context)
+        except MoEError as exc:
+            raise _fail(exc) from None
+    if as_json:
+        console.print_json(json.dumps([dataclasses.asdict(s) for s in stats]))
+        return
+    if not stats:
+        err_console.print(f"no trust recorded for {_filters(expert, context)} in {path}")
+        return
+    table = Table("expert", "context", "trust", "evidence", "updated", box=None)
+    for s in stats:
+        updated = datetime.fromtimestamp(s.updated_at).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(s.expert, s.context, f"{s.trust:.3f}", str(s.evidence), updated)
+    console.print(table)
+
+
+@trust_app.command("reset")
+def trust_reset(
+    db: DbOpt = None,
+    expert: ExpertOpt = None,
+    context: ContextOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Forget the trust (and its feedback log) of matching experts and contexts."""
+    _setup_logging(verbose)
+    path = db or TrustStore.default_path()
+    what = _filters(expert, context)
+    with _trust_store(path) as store:
+        try:
+            matching = len(store.stats(expert, context))
+            if matching and not yes:
+                typer.confirm(f"Forget {matching} trust entries for {what} in {path}?", abort=True)
+            removed = store.reset(expert, context) if matching else 0
+        except MoEError as exc:
+            raise _fail(exc) from None
+    console.print(f"removed {removed} trust entries for {what}")
+
+
+@trust_app.command("export")
+def trust_export(
+    db: DbOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write here (default: stdout).", show_default=False)
+    ] = None,
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="File format.")] = ExportFormat.JSONL,
+    feedback_log: Annotated[
+        bool, typer.Option("--log", help="Export the feedback log (one row per score), not the stats.")
+    ] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Export the trust stats (or the feedback log) as JSON Lines or CSV."""
+    _setup_logging(verbose)
+    with _trust_store(db or TrustStore.default_path()) as store:
+        try:
+            n = store.export(
+                out if out is not None else sys.stdout,
+                fmt="csv" if fmt is ExportFormat.CSV else "jsonl",
+                what="log" if feedback_log else "stats",
+            )
+        except MoEError as exc:
+            raise _fail(exc) from None
+    if out is not None:
+        err_console.print(f"wrote {n} rows to {out}")
 
 
 CHAT_HELP = """Commands: /route TEXT (show the routing), /feedback good|bad (rate the last answer),

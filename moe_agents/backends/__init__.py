@@ -9,6 +9,7 @@ from .base import ChunkCallback as ChunkCallback
 from .base import Completion as Completion
 from .base import GenerationSettings as GenerationSettings
 from .litellm import LiteLLMBackend as LiteLLMBackend
+from .replay import ReplayBackend as ReplayBackend
 from .transformers import TransformersBackend as TransformersBackend
 
 __all__ = [
@@ -17,5 +18,6 @@ __all__ = [
     "Completion",
     "GenerationSettings",
     "LiteLLMBackend",
+    "ReplayBackend",
     "TransformersBackend",
 ]

@@ -1,16 +1,16 @@
-"""YAML options of the built-in backend kinds (``litellm``, ``transformers``)."""
+"""YAML options of the built-in backend kinds (``litellm``, ``transformers``, ``replay``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from .base import Backend
 
-__all__ = ["BUILTIN_BACKENDS", "BackendKind", "LiteLLMSpec", "TransformersSpec"]
+__all__ = ["BUILTIN_BACKENDS", "BackendKind", "LiteLLMSpec", "ReplaySpec", "TransformersSpec"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +58,23 @@ class TransformersSpec(BaseModel):
     modalities: list[str] = []
 
 
+class ReplaySpec(BaseModel):
+    """``kind: replay``: replays a real model's recorded answers (``ReplayBackend.from_recorded``).
+
+    The recordings are read when the pipeline is built; ``data_dir`` is relative to the working
+    directory. ``price_usd`` defaults to the model's entry in ``moe_agents.evaluation.recorded.PRICES``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = "replay"
+    dataset: Literal["gsm8k", "mmlu"]
+    model: str
+    data_dir: str = "../shared/data"
+    price_usd: float | None = Field(default=None, ge=0)
+    latency_s: float = Field(default=0.0, ge=0)
+    missing: Literal["error", "empty"] = "error"
+
+
 def _litellm(spec: LiteLLMSpec) -> Backend:
     from .litellm import LiteLLMBackend
 
@@ -70,7 +87,18 @@ def _transformers(spec: TransformersSpec) -> Backend:
     return TransformersBackend(**spec.model_dump(exclude={"kind"}))
 
 
+def _replay(spec: ReplaySpec) -> Backend:
+    from ..evaluation.recorded import load_gsm8k_recorded, load_mmlu
+    from .replay import ReplayBackend
+
+    data = load_gsm8k_recorded(spec.data_dir) if spec.dataset == "gsm8k" else load_mmlu(spec.data_dir)
+    return ReplayBackend.from_recorded(
+        data, spec.model, price_usd=spec.price_usd, latency_s=spec.latency_s, missing=spec.missing
+    )
+
+
 BUILTIN_BACKENDS = {
     "litellm": BackendKind(LiteLLMSpec, _litellm),
     "transformers": BackendKind(TransformersSpec, _transformers),
+    "replay": BackendKind(ReplaySpec, _replay),
 }

@@ -131,6 +131,16 @@ class TransformersBackend:
         """Bytes the parameters and buffers took at the last load (0 before the first load)."""
         return self._nbytes
 
+    def disk_bytes(self) -> int:
+        """Bytes of the weight files on disk (the GGUF file, or the folder's ``*.safetensors`` /
+        ``*.bin``): a size estimate before the first load. GGUF weights are dequantised on load, so
+        ``nbytes`` is then larger."""
+        path = self._resolve()
+        if self.gguf_file is not None:
+            return (path / self.gguf_file).stat().st_size
+        files = [*path.glob("*.safetensors"), *path.glob("*.bin")]
+        return sum(f.stat().st_size for f in files)
+
     async def load(self) -> None:
         """Loads the tokenizer and model in a worker thread; does nothing when already loaded.
 

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
+
 from ..backends.base import Backend, ChunkCallback, Completion, GenerationSettings
 from ..errors import BackendError, ConfigError
 from ..types import Answer, Message, Query
@@ -277,7 +279,9 @@ class LLMExpert(Expert):
         )
 
     def choose_backend(self, query: Query) -> Backend:
-        """The least loaded backend that accepts the query's attachments."""
+        """The backend for ``query``: among those that accept its attachments, the best by the
+        permission function when a ``Residency`` manages them (resident models need no swap and
+        get the hysteresis bonus), else the least loaded."""
         needed = query.modalities - {"file"}
         fit = [b for b in self._backends if needed <= b.modalities]
         if not fit:
@@ -287,6 +291,14 @@ class LLMExpert(Expert):
                 else (f"no backend accepts {sorted(needed)} (backends: {[b.name for b in self._backends]})")
             )
             raise BackendError(f"expert {self.name!r}: {what}", expert=self.name)
+        residency = getattr(fit[0], "residency", None)
+        if (
+            len(fit) > 1
+            and residency is not None
+            and all(getattr(b, "residency", None) is residency for b in fit)
+        ):
+            best = residency.choose([b.name for b in fit], np.ones(len(fit)))
+            return next(b for b in fit if b.name == best)
         return min(fit, key=lambda b: self._in_flight.get(id(b), 0))
 
     async def process(self, query: Query, *, on_chunk: ChunkCallback | None = None) -> Answer:

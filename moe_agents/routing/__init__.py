@@ -1,6 +1,8 @@
-"""Routing: sentence encoders, gates fitted from exemplars, hybrid rules, and the router that turns
-a query into a ``Selection``."""
+"""Routing: sentence encoders, gates fitted from exemplars, hybrid rules, trust contexts, the trust
+store, the permission function, and the router that turns a query into a ``Selection``."""
 
+from .context import ContextConfig as ContextConfig
+from .context import KMeansContexts as KMeansContexts
 from .encoder import BatchingEncoder as BatchingEncoder
 from .encoder import Encoder as Encoder
 from .encoder import LiteLLMEncoder as LiteLLMEncoder
@@ -13,24 +15,40 @@ from .gate import GateConfig as GateConfig
 from .gate import fit_gate as fit_gate
 from .gate import load_gate as load_gate
 from .mlp import GatingNetwork as GatingNetwork
+from .permission import Candidates as Candidates
+from .permission import Preset as Preset
+from .permission import SelectConfig as SelectConfig
+from .permission import permission as permission
+from .permission import select as select
 from .router import Router as Router
 from .router import RouterConfig as RouterConfig
 from .rules import Rule as Rule
+from .trust import TrustStat as TrustStat
+from .trust import TrustStore as TrustStore
 
 __all__ = [
     "BatchingEncoder",
+    "Candidates",
+    "ContextConfig",
     "Encoder",
     "FitReport",
     "Gate",
     "GateConfig",
     "GatingNetwork",
+    "KMeansContexts",
     "LiteLLMEncoder",
+    "Preset",
     "Router",
     "RouterConfig",
     "Rule",
+    "SelectConfig",
     "SentenceEncoder",
+    "TrustStat",
+    "TrustStore",
     "bundled_encoder",
     "fit_gate",
     "load_gate",
+    "permission",
     "read_exemplars_jsonl",
+    "select",
 ]

@@ -405,13 +405,14 @@ class Router:
 
 def _residency_state(residency: Residency, experts: Sequence[Expert]) -> tuple[np.ndarray, np.ndarray]:
     """Per expert: resident (it has a loaded model, or none that residency manages) and the
-    seconds to load its cheapest model otherwise."""
+    weighted seconds to load its cheapest model otherwise."""
     resident, swap_s = np.ones(len(experts), bool), np.zeros(len(experts))
+    managed_names = set(residency.names)
     for i, expert in enumerate(experts):
-        managed = [b.name for b in expert.backends if b.name in residency]
+        managed = [b.name for b in expert.backends if b.name in managed_names]
         if managed:
             resident[i] = bool(residency.resident(managed).any())
-            swap_s[i] = float(residency.swap_cost(managed).min())
+            swap_s[i] = float(residency.swap_cost(managed).min()) * residency.config.swap_cost_weight
     return resident, swap_s
 
 
