@@ -162,3 +162,17 @@ def test_gate_context_and_config_checks():
     assert gate_context(["coding", "reasoning"], np.array([0.2, 0.8])) == "gate:reasoning"
     with pytest.raises(ConfigError, match=r"trust\.context"):
         ContextConfig(kind="galaxy")  # type: ignore[arg-type]
+
+
+def test_success_model_learns_who_is_right():
+    from moe_agents.routing.quality import SuccessModel
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 8))
+    # expert a is right when the first feature is positive, expert b when it is negative
+    outcomes = np.stack([x[:, 0] > 0, x[:, 0] < 0], axis=1).astype(float)
+    model = SuccessModel.fit(x, outcomes, ["a", "b"], l2=1e-3)
+    p = model.predict_proba(np.array([[2.0] + [0.0] * 7, [-2.0] + [0.0] * 7]))
+    assert p[0, 0] > 0.8 and p[0, 1] < 0.2 and p[1, 1] > 0.8
+    with pytest.raises(ValueError, match="outcomes"):
+        SuccessModel.fit(x, outcomes[:, :1], ["a", "b"])

@@ -64,6 +64,10 @@ def test_cost_quality_on_subject_disjoint_folds(mmlu) -> None:
     assert r["oracle"]["accuracy"] >= r["strong_accuracy"]
     needed = r["strong_share_needed"]["95%"]
     assert needed["oracle"] <= needed["random_mixing"]
+    # the success router's ridge penalty is chosen per fold on that fold's training data only
+    assert len(r["success_router_l2_per_fold"]) == CFG.folds
+    assert set(r["success_router_l2_per_fold"]) <= set(CFG.l2_grid)
+    assert 0.0 <= r["apgr"]["success_router"] <= 1.5
 
 
 def test_online_trust_learns_and_reports_the_null_model(gsm8k) -> None:
@@ -127,7 +131,7 @@ def test_cli_eval_recorded_quick_run(tmp_path: Path, minilm) -> None:
             "200",
         ],
     )
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, (result.output, result.exception)
     assert "cost/quality" in result.output and "aggregation" in result.output
     report = json.loads((out / "report.json").read_text())
     assert report["datasets"]["mmlu"]["questions"] == 57 * 5

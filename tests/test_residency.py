@@ -507,6 +507,7 @@ class TestPipeline:
         (the resident expert gets the hysteresis bonus, the other one pays its swap time)."""
         from moe_agents import load_pipeline
         from moe_agents.residency import ResidentBackend
+
         paths, nbytes = tiny_llamas
         path = tmp_path / "p.yaml"
         path.write_text(

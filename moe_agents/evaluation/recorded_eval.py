@@ -7,7 +7,10 @@ Four experiments, each beside its baselines in the same run:
    the training folds (context: k-means cluster of the question embedding, fitted on the training
    folds' questions) and the permission function ranks ``trust × 1/(1 + w·price)``; sweeping the
    cost weight ``w`` traces accuracy against the share of GPT-4 calls. Baselines: random mixing,
-   each single model, the oracle, and the router without trust.
+   each single model, the oracle, and the router without trust. Beside them, the ``success``
+   router: per-model logistic heads over the question embedding (``SuccessModel``), fitted on the
+   same training folds, whose probabilities are the expertise the same permission function ranks
+   (RouteLLM's kind of learned router).
 2. **Online trust**: the questions stream once in a seeded random order; the selector sees only
    the trust it has learned so far (feedback = the recorded correctness of the model it chose;
    contexts are online k-means clusters seeded by the first questions). Baselines: random router,
@@ -23,7 +26,9 @@ Four experiments, each beside its baselines in the same run:
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +42,8 @@ from ..aggregators.base import Aggregation
 from ..answers import extract_number
 from ..routing.context import ContextConfig, KMeansContexts
 from ..routing.encoder import Encoder
-from ..routing.permission import Candidates, SelectConfig, select
+from ..routing.permission import Candidates, SelectConfig, permission, select
+from ..routing.quality import SuccessModel
 from ..routing.trust import TrustStore
 from ..types import Answer, Query, Selection
 from .recorded import PRICES, RecordedSet, load_gsm8k_recorded, load_mmlu
@@ -59,6 +65,8 @@ class RecordedEvalConfig:
         clusters: k-means contexts for trust.
         cost_weights: the sweep of the cost weight ``w`` (0 = quality only).
         epsilons: exploration rates of the online experiment.
+        l2_grid: ridge penalties tried for the success router (chosen per fold by an inner
+            cross-validation on its training folds).
         sharpness: exponents ``γ`` tried for trust-weighted voting (weights ∝ trust^γ); the one that
             is best on each training fold is used on its test fold.
         seed: every random choice (folds, stream order, exploration).
@@ -72,6 +80,7 @@ class RecordedEvalConfig:
     cost_weights: tuple[float, ...] = (0.0, *np.geomspace(1.0, 1e5, 61).tolist())
     epsilons: tuple[float, ...] = (0.0, 0.05, 0.1)
     sharpness: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+    l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
     seed: int = 0
     limit: int | None = None
     residency_queries: int = 5000
@@ -127,9 +136,17 @@ def cost_quality(data: RecordedSet, vectors: np.ndarray, config: RecordedEvalCon
     folds = data.folds(config.folds, seed=config.seed)
     chosen = np.zeros((len(config.cost_weights), n), dtype=np.intp)  # per weight, per question
     untrusted = np.zeros((len(config.cost_weights), n), dtype=np.intp)
+    learned = np.zeros((len(config.cost_weights), n), dtype=np.intp)
+    chosen_l2: list[float] = []
     uniform = np.ones(len(models))
     for test in folds:
         train = np.setdiff1d(np.arange(n), test)
+        l2 = _choose_l2(data.subset(train), vectors[train], correct[train], config)
+        chosen_l2.append(l2)
+        success = SuccessModel.fit(vectors[train], correct[train], models, l2=l2).predict_proba(vectors[test])
+        for w_i, w in enumerate(config.cost_weights):  # the same permission(), over (T, 2) at once
+            _, _, perm = permission(success, price[None, :] * w, np.zeros(success.shape, bool), 0.0)
+            learned[w_i, test] = np.argmax(perm, axis=1)
         contexts = KMeansContexts.fit(
             vectors[train], ContextConfig(kind="cluster", clusters=config.clusters, seed=config.seed)
         )
@@ -169,7 +186,7 @@ def cost_quality(data: RecordedSet, vectors: np.ndarray, config: RecordedEvalCon
         return points
 
     strong_acc, weak_acc = float(correct[:, 0].mean()), float(correct[:, 1].mean())
-    trust_curve, plain_curve = curve(chosen), curve(untrusted)
+    trust_curve, plain_curve, learned_curve = curve(chosen), curve(untrusted), curve(learned)
     only_strong_right = float((correct[:, 0] & ~correct[:, 1]).mean())
     rng = np.random.default_rng(config.seed)
     random_points = []
@@ -188,8 +205,11 @@ def cost_quality(data: RecordedSet, vectors: np.ndarray, config: RecordedEvalCon
         "random_mixing": random_points,
         "trust_router": trust_curve,
         "router_without_trust": plain_curve,
+        "success_router": learned_curve,
+        "success_router_l2_per_fold": chosen_l2,
         "apgr": {
             "trust_router": _apgr(trust_curve, strong_acc, weak_acc),
+            "success_router": _apgr(learned_curve, strong_acc, weak_acc),
             "router_without_trust": _apgr(plain_curve, strong_acc, weak_acc),
             "random_mixing": 0.5,
             "oracle": _apgr(
@@ -203,11 +223,43 @@ def cost_quality(data: RecordedSet, vectors: np.ndarray, config: RecordedEvalCon
         result["strong_share_needed"][f"{int(target * 100)}%"] = {
             "accuracy_goal": goal,
             "trust_router": _share_for(trust_curve, goal, strong_acc, weak_acc),
+            "success_router": _share_for(learned_curve, goal, strong_acc, weak_acc),
             "router_without_trust": _share_for(plain_curve, goal, strong_acc, weak_acc),
             "random_mixing": float(np.clip((goal - weak_acc) / (strong_acc - weak_acc), 0.0, 1.0)),
             "oracle": 0.0 if goal <= weak_acc else float(min(only_strong_right, (goal - weak_acc))),
         }
     return result
+
+
+def _choose_l2(
+    data: RecordedSet, vectors: np.ndarray, correct: np.ndarray, config: RecordedEvalConfig
+) -> float:
+    """The ridge penalty of the success model with the best APGR in an inner cross-validation on
+    the training folds alone (subject-disjoint for MMLU)."""
+    scores = {}
+    inner = data.folds(3, seed=config.seed)
+    for l2 in config.l2_grid:
+        gap = np.zeros(len(data))
+        for test in inner:
+            train = np.setdiff1d(np.arange(len(data)), test)
+            p = SuccessModel.fit(vectors[train], correct[train], ["strong", "weak"], l2=l2).predict_proba(
+                vectors[test]
+            )
+            gap[test] = p[:, 0] - p[:, 1]
+        scores[l2] = _ranking_apgr(gap, correct)
+    return max(config.l2_grid, key=lambda l2: (scores[l2] if scores[l2] is not None else 0.0, l2))
+
+
+def _ranking_apgr(gap: np.ndarray, correct: np.ndarray, steps: int = 40) -> float | None:
+    """APGR of sending the queries with the largest ``gap`` to the strong model (column 0)."""
+    n = len(gap)
+    order = np.argsort(-gap, kind="stable")
+    points = []
+    for share in np.linspace(0.0, 1.0, steps + 1):
+        pick = np.ones(n, dtype=np.intp)
+        pick[order[: round(share * n)]] = 0
+        points.append({"strong_share": float(share), "accuracy": float(correct[np.arange(n), pick].mean())})
+    return _apgr(points, float(correct[:, 0].mean()), float(correct[:, 1].mean()))
 
 
 def _frontier(points: Sequence[Mapping[str, float]], strong: float, weak: float) -> list[tuple[float, float]]:
@@ -222,9 +274,12 @@ def _frontier(points: Sequence[Mapping[str, float]], strong: float, weak: float)
     return out
 
 
-def _apgr(points: Sequence[Mapping[str, float]], strong: float, weak: float) -> float:
+def _apgr(points: Sequence[Mapping[str, float]], strong: float, weak: float) -> float | None:
     """Average performance gap recovered (RouteLLM): the area under (accuracy − weak)/(strong − weak)
-    over the share of strong calls, between straight lines joining the measured points."""
+    over the share of strong calls, between straight lines joining the measured points (``None``
+    when the two models are equally accurate: there is no gap)."""
+    if strong == weak:
+        return None
     pts = _frontier(points, strong, weak)
     x = np.array([p[0] for p in pts])
     y = (np.array([p[1] for p in pts]) - weak) / (strong - weak)
@@ -409,7 +464,34 @@ async def _no_ask(name: str, query: Query, on_chunk: Any) -> Answer:  # pragma: 
 
 
 def _embed(encoder: Encoder, texts: Sequence[str], batch: int = 512) -> np.ndarray:
-    return np.concatenate([encoder.encode(list(texts[i : i + batch])) for i in range(0, len(texts), batch)])
+    """Embeddings of ``texts``, cached on disk by the encoder's name and the texts (re-runs of the
+    benchmark skip the minutes MMLU takes to encode)."""
+    folder = embedding_cache_dir()
+    digest = hashlib.sha256("\x00".join([encoder.name, *texts]).encode()).hexdigest()[:24]
+    path = folder / f"{digest}.npy" if folder is not None else None
+    if path is not None and path.exists():
+        cached = np.load(path)
+        if cached.shape[0] == len(texts):
+            return cached
+    vectors = np.concatenate(
+        [encoder.encode(list(texts[i : i + batch])) for i in range(0, len(texts), batch)]
+    )
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, vectors)
+        except OSError:
+            pass  # a cache that cannot be written is no cache
+    return vectors
+
+
+def embedding_cache_dir() -> Path | None:
+    """``$MOE_AGENTS_CACHE_DIR/embeddings`` or the user cache folder's (``None`` if neither works)."""
+    if env := os.environ.get("MOE_AGENTS_CACHE_DIR"):
+        return Path(env).expanduser() / "embeddings"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("moe-agents")) / "embeddings"
 
 
 # -- plots --------------------------------------------------------------------------------------------------
@@ -427,7 +509,7 @@ def plot_recorded(report: Mapping[str, Any], out_dir: Path) -> list[Path]:
     cq = report["cost_quality"]
     fig, axes = plt.subplots(1, len(cq), figsize=(6 * len(cq), 4.5), squeeze=False)
     for ax, (name, r) in zip(axes[0], cq.items(), strict=True):
-        for key, style in (("trust_router", "o-"), ("router_without_trust", "s--")):
+        for key, style in (("trust_router", "o-"), ("success_router", "^-"), ("router_without_trust", "s--")):
             pts = _frontier(r[key], r["strong_accuracy"], r["weak_accuracy"])
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, ms=3, label=key.replace("_", " "))
         ax.plot([0, 1], [r["weak_accuracy"], r["strong_accuracy"]], ":", color="grey", label="random mixing")

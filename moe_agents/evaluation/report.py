@@ -23,11 +23,11 @@ def render_recorded(report: Mapping[str, Any]) -> list[Table]:
     goals = {"mmlu": 0.50, "gsm8k": 0.60}
     for name, r in report["cost_quality"].items():
         need = r["strong_share_needed"]
-        for key in ("trust_router", "router_without_trust", "random_mixing", "oracle"):
+        for key in ("trust_router", "success_router", "router_without_trust", "random_mixing", "oracle"):
             cq.add_row(
                 f"{name} ({r['folds']} folds)" if key == "trust_router" else "",
                 key.replace("_", " "),
-                f"{r['apgr'][key]:.3f}",
+                "—" if r["apgr"][key] is None else f"{r['apgr'][key]:.3f}",
                 _pct(need["80%"][key]),
                 _pct(need["95%"][key]),
             )
@@ -121,8 +121,8 @@ def _residency_table(res: Mapping[str, Any]) -> Table:
             r["selector"] if r["selector"] != "lru" else "plain top-1 + LRU (null model)",
             "—" if r["hysteresis"] is None else f"{r['hysteresis']:g}",
             "—" if r["swap_weight"] is None else f"{r['swap_weight']:g}",
-            f"{r['hit_rate']:.3f}",
-            f"{r['swaps_per_selection']:.3f}",
+            f"{r['hit_rate']:.4f}",
+            f"{r['swaps_per_selection']:.4f}",
             f"{r['bytes_loaded'] / 1e9:.1f}",
             f"{r['load_s']:.1f}",
             f"{r['mean_quality']:.3f}",

@@ -337,7 +337,7 @@ class Router:
                 note="at max_load" if overloaded else None,
             )
         trust = evidence = None
-        if self.trust is not None:
+        if self.trust is not None and context is not None:
             trust, evidence = self.trust.lookup(names, context, backoff=cfg.selection.min_evidence)
         resident = swap_s = None
         if self.residency is not None:
