@@ -17,7 +17,7 @@ Third-party errors are translated once, at the backend seam, with ``raise ... fr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "NoCapableExpert",
     "RunError",
     "UnknownResult",
+    "check_settings",
 ]
 
 
@@ -154,3 +155,16 @@ class ExpertsFailed(RunError, ExceptionGroup):  # type: ignore[misc]
 
     def derive(self, excs: Sequence[BaseException]) -> ExpertsFailed:  # type: ignore[override]
         return ExpertsFailed(self.message, excs)  # type: ignore[arg-type]
+
+
+def check_settings(what: str, settings: object, checks: Mapping[str, bool]) -> None:
+    """Raises one ``ConfigError`` listing every field of ``settings`` whose check is ``False``.
+
+    Args:
+        what: the settings' name in the message (``"selection"`` → ``invalid selection settings``).
+        settings: the object whose fields were checked.
+        checks: field name → whether its value is valid.
+    """
+    bad = [f"{k}={getattr(settings, k)!r}" for k, ok in checks.items() if not ok]
+    if bad:
+        raise ConfigError(f"invalid {what} settings: {', '.join(bad)}")

@@ -35,7 +35,7 @@ import numpy as np
 import structlog
 
 from .backends.base import Backend, ChunkCallback, Completion, GenerationSettings
-from .errors import ConfigError, RunError
+from .errors import ConfigError, RunError, check_settings
 from .routing.permission import permission
 from .types import Message
 
@@ -111,9 +111,7 @@ class ResidencyConfig:
             "swap_window_s": self.swap_window_s > 0.0,
             "wait_s": self.wait_s is None or self.wait_s > 0.0,
         }
-        bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
-        if bad:
-            raise ConfigError(f"invalid residency settings: {', '.join(bad)}")
+        check_settings("residency", self, checks)
 
 
 @dataclass(slots=True)

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import check_settings
 from ..types import ExpertScore, Selection
 
 __all__ = ["Candidates", "Preset", "SelectConfig", "permission", "select"]
@@ -101,9 +101,7 @@ class SelectConfig:
             "cost_weight": self.cost_weight >= 0.0,
             "capable": 0.0 <= self.capable <= 1.0,
         }
-        bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
-        if bad:
-            raise ConfigError(f"invalid selection settings: {', '.join(bad)}")
+        check_settings("selection", self, checks)
 
 
 @dataclass(frozen=True, slots=True)
