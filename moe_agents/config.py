@@ -15,6 +15,11 @@ The format (every section optional except ``experts``)::
       decay: 0.98, prior: 0.5, context: {kind: gate, clusters: 16}
       budget: {usd: 0.50, tokens: null, cheap_price: 0.0}       # per session
     resources: {memory_budget_gb: 8, bandwidth_gb_s: 1.0}   # local models load on demand, within it
+    limits: {max_query_chars: 100000, max_attachments: 8, max_attachment_bytes: 20971520}
+    runtime: {request_timeout_s: 120, max_concurrency: 64, max_queue: 256}   # else Overloaded
+
+Every backend also takes ``retry: {attempts, initial_s, max_s, jitter_s}`` and
+``circuit: {failures, cooldown_s}``.
     management: {}                    # reserved for expert management
 
 Experts may set ``price:`` (cost per call, in the budget's unit) and ``scorer:`` (a registered
@@ -39,8 +44,10 @@ from .aggregators.base import Aggregator
 from .backends.base import Backend, GenerationSettings
 from .budget import BudgetConfig
 from .errors import ConfigError, MoEError
+from .inputs import InputLimits
 from .pipeline import Pipeline
 from .registry import Registry, registry
+from .reliability import BreakerPolicy, GuardedBackend, RetryPolicy
 from .residency import GB, Residency, ResidencyConfig, ResidentBackend
 from .resources import BUNDLED_ENCODER
 from .routing.context import ContextConfig
@@ -150,6 +157,52 @@ class ResourcesSpec(_Spec):
     swap_budget_s: float | None = Field(default=None, ge=0.0)
 
 
+_RETRY = RetryPolicy()
+_BREAKER = BreakerPolicy()
+
+
+class RetrySpec(_Spec):
+    """``retry:`` of a backend: retries of retryable errors (rate limits, timeouts, 5xx)."""
+
+    attempts: int = Field(default=_RETRY.attempts, ge=1)
+    initial_s: float = Field(default=_RETRY.initial_s, ge=0.0)
+    max_s: float = Field(default=_RETRY.max_s, ge=0.0)
+    jitter_s: float = Field(default=_RETRY.jitter_s, ge=0.0)
+
+
+class CircuitSpec(_Spec):
+    """``circuit:`` of a backend: its circuit breaker."""
+
+    failures: int = Field(default=_BREAKER.failures, ge=1)
+    cooldown_s: float = Field(default=_BREAKER.cooldown_s, gt=0.0)
+
+
+class GuardSpec(_Spec):
+    """The failure-handling keys every backend accepts besides its kind's own."""
+
+    retry: RetrySpec = RetrySpec()
+    circuit: CircuitSpec = CircuitSpec()
+
+
+_LIMITS = InputLimits()
+
+
+class LimitsSpec(_Spec):
+    """``limits:``: bounds on queries."""
+
+    max_query_chars: int = Field(default=_LIMITS.max_query_chars, ge=1)
+    max_attachments: int = Field(default=_LIMITS.max_attachments, ge=0)
+    max_attachment_bytes: int = Field(default=_LIMITS.max_attachment_bytes, ge=1)
+
+
+class RuntimeSpec(_Spec):
+    """``runtime:``: deadlines and capacity of the whole pipeline."""
+
+    request_timeout_s: float | None = Field(default=None, gt=0.0)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    max_queue: int = Field(default=0, ge=0)
+
+
 class AggregationSpec(_Spec):
     """``aggregation:``"""
 
@@ -209,6 +262,8 @@ class PipelineSpec(_Spec):
     experts: list[ExpertSpec] = Field(min_length=1)
     trust: TrustSpec | None = None
     resources: ResourcesSpec = ResourcesSpec()
+    limits: LimitsSpec = LimitsSpec()
+    runtime: RuntimeSpec = RuntimeSpec()
     management: dict[str, Any] = {}
 
 
@@ -335,9 +390,22 @@ class _Builder:
         if trust is not None:
             b = trust.budget
             budget = BudgetConfig(usd=b.usd, tokens=b.tokens, cheap_price=b.cheap_price)
-        return Pipeline(
-            experts, router=self.router(encoder, names), aggregator=self.aggregator(names), budget=budget
-        )
+        rt = self.spec.runtime
+        try:
+            return Pipeline(
+                experts,
+                router=self.router(encoder, names),
+                aggregator=self.aggregator(names),
+                budget=budget,
+                limits=InputLimits(**self.spec.limits.model_dump()),
+                request_timeout_s=rt.request_timeout_s,
+                max_concurrency=rt.max_concurrency,
+                max_queue=rt.max_queue,
+            )
+        except ConfigError as exc:
+            if exc.path is not None:
+                raise
+            raise self.error(exc.message, ("runtime",)) from None
 
     def trust(self) -> tuple[TrustStore | None, SelectConfig, ContextConfig, int | None]:
         t = self.spec.trust
@@ -446,20 +514,31 @@ class _Builder:
             kind = self.registry.backends.get(kind_name)
         except ConfigError as exc:
             raise self.error(exc.message, (*loc, "kind")) from None
+        options = dict(raw)
         try:
-            spec = kind.spec.model_validate(dict(raw))
+            guard_spec = GuardSpec.model_validate(
+                {k: options.pop(k) for k in ("retry", "circuit") if k in options}
+            )
+        except ValidationError as exc:
+            raise _config_error(exc, self.path, self.lines, dict(raw), loc) from exc
+        try:
+            spec = kind.spec.model_validate(options)
         except ValidationError as exc:
             raise _config_error(exc, self.path, self.lines, dict(raw), loc) from exc
         model = getattr(spec, "model", None)
         if kind_name == "transformers" and isinstance(model, str) and (self.base / model).exists():
             spec = spec.model_copy(update={"model": str(self.base / model)})  # relative to the YAML file
-        key = spec.model_dump_json()
+        key = spec.model_dump_json() + guard_spec.model_dump_json()
         if key not in self.by_spec:  # identical specs share one backend (one model load)
             try:
                 built = kind.build(spec)
                 if self.residency is not None and kind_name == "transformers":
                     built = ResidentBackend(built, self.residency)  # loaded on demand, within the budget
-                self.by_spec[key] = built
+                self.by_spec[key] = GuardedBackend(
+                    built,
+                    retry=RetryPolicy(**guard_spec.retry.model_dump()),
+                    breaker=BreakerPolicy(**guard_spec.circuit.model_dump()),
+                )
             except (TypeError, ValueError, ConfigError) as exc:
                 message = exc.message if isinstance(exc, ConfigError) else str(exc)
                 raise self.error(f"cannot build backend: {message}", loc) from exc

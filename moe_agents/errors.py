@@ -23,11 +23,14 @@ from pathlib import Path
 __all__ = [
     "BackendError",
     "BackendTimeout",
+    "BackendUnavailable",
     "ConfigError",
+    "DeadlineExceeded",
     "ExpertsFailed",
     "InvalidInput",
     "MoEError",
     "NoCapableExpert",
+    "Overloaded",
     "RunError",
     "UnknownResult",
     "check_settings",
@@ -128,6 +131,37 @@ class BackendTimeout(BackendError):
     ) -> None:
         self.timeout_s = timeout_s
         super().__init__(message, backend=backend, expert=expert, retryable=True)
+
+
+class BackendUnavailable(BackendError):
+    """A backend (or every backend of every capable expert) is cooling down: its circuit breaker
+    opened after repeated failures.
+
+    Attributes:
+        recovers_at: ``time.monotonic()`` time at which a trial call is let through again.
+    """
+
+    def __init__(
+        self, message: str, *, backend: str | None = None, expert: str | None = None, recovers_at: float
+    ) -> None:
+        self.recovers_at = recovers_at
+        super().__init__(message, backend=backend, expert=expert, retryable=False)
+
+
+class Overloaded(RunError):
+    """The pipeline is running its most concurrent requests and its queue is full: try later."""
+
+
+class DeadlineExceeded(RunError):
+    """The request ran past its deadline (``Pipeline(request_timeout_s=...)``).
+
+    Attributes:
+        timeout_s: the deadline in seconds.
+    """
+
+    def __init__(self, message: str, *, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        super().__init__(message)
 
 
 class NoCapableExpert(RunError):

@@ -7,7 +7,7 @@ import math
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -22,14 +22,19 @@ from .backends.base import Backend, ChunkCallback
 from .budget import BudgetConfig, SessionBudgets
 from .errors import (
     BackendTimeout,
+    BackendUnavailable,
     ConfigError,
+    DeadlineExceeded,
     ExpertsFailed,
     InvalidInput,
     MoEError,
+    Overloaded,
     RunError,
     UnknownResult,
 )
 from .experts.base import Expert
+from .inputs import InputLimits, check_query
+from .reliability import GuardedBackend
 from .routing.permission import Preset
 from .routing.router import Router
 from .types import Answer, Query, Result, Selection, Usage
@@ -76,6 +81,11 @@ class Pipeline:
         keep_results: how many recent results are kept for ``feedback``.
         budget: per-session cost budgets; a session that has spent its budget is answered only by
             experts whose ``price`` is at most ``budget.cheap_price``.
+        limits: bounds on query length and attachments (bad input is an ``InvalidInput``).
+        request_timeout_s: deadline of a whole request (``DeadlineExceeded``); ``None``: none.
+        max_concurrency: most requests answered at once; ``None``: no limit.
+        max_queue: requests that may wait for a slot when ``max_concurrency`` are running; one
+            more fails at once with ``Overloaded`` (memory stays bounded).
 
     With a trust store on the router (``Router(trust=TrustStore(...))``), ``feedback`` and the
     experts' automatic ``scorer`` update each answering expert's trust in the query's context.
@@ -92,6 +102,10 @@ class Pipeline:
         aggregator: Aggregator | None = None,
         keep_results: int = 1024,
         budget: BudgetConfig | None = None,
+        limits: InputLimits | None = None,
+        request_timeout_s: float | None = None,
+        max_concurrency: int | None = None,
+        max_queue: int = 0,
     ) -> None:
         if not experts:
             raise ConfigError("a pipeline needs at least one expert")
@@ -122,6 +136,17 @@ class Pipeline:
         self._results: OrderedDict[str, Result] = OrderedDict()
         self._keep_results = keep_results
         self.budgets = SessionBudgets(budget or BudgetConfig())
+        self.limits = limits or InputLimits()
+        if request_timeout_s is not None and request_timeout_s <= 0:
+            raise ConfigError(f"request_timeout_s must be > 0, got {request_timeout_s}")
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ConfigError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if max_queue < 0:
+            raise ConfigError(f"max_queue must be >= 0, got {max_queue}")
+        self.request_timeout_s = request_timeout_s
+        self.max_queue = max_queue
+        self._slots = anyio.CapacityLimiter(max_concurrency) if max_concurrency is not None else None
+        self._waiting = 0
         self._task_group: TaskGroup | None = None
 
     @classmethod
@@ -143,11 +168,13 @@ class Pipeline:
 
     @property
     def backends(self) -> list[Backend]:
-        """Every distinct backend of every expert (a backend shared by experts appears once)."""
+        """Every distinct backend of every expert (a backend shared by experts appears once), as
+        configured: without the retry/circuit guard experts put in front of them."""
         seen: dict[int, Backend] = {}
         for expert in self._experts.values():
             for backend in expert.backends:
-                seen.setdefault(id(backend), backend)
+                inner = backend.inner if isinstance(backend, GuardedBackend) else backend
+                seen.setdefault(id(inner), inner)
         return list(seen.values())
 
     async def __aenter__(self) -> Self:
@@ -181,7 +208,7 @@ class Pipeline:
 
     async def route(self, query: Query | str, *, preset: Preset | str = Preset.WAKE) -> Selection:
         """Chooses experts for ``query`` without calling any of them (see ``run`` for ``preset``)."""
-        return await self._route(_as_query(query), preset)
+        return await self._route(self._query(query), preset)
 
     async def run(self, query: Query | str, *, preset: Preset | str = Preset.WAKE) -> Result:
         """Answers ``query``.
@@ -192,11 +219,18 @@ class Pipeline:
                 most trusted expert), ``rest``/``crisis`` (the single cheapest capable expert).
 
         Raises:
-            InvalidInput: the query is empty.
+            InvalidInput: the query is empty, too long, has control characters or invalid
+                Unicode, or an attachment is missing, unreadable or too large.
             NoCapableExpert: no expert accepts the query's attachments.
+            BackendUnavailable: every capable expert is cooling down past the deadline.
             ExpertsFailed: every expert tried failed; it holds each error.
+            Overloaded: ``max_concurrency`` requests are running and ``max_queue`` are waiting.
+            DeadlineExceeded: the request ran past ``request_timeout_s``.
         """
-        return await self._run(_as_query(query), None, preset=preset)
+        q = self._query(query)
+        with self._deadline():  # the deadline counts the wait for a slot too
+            async with self._admitted():
+                return await self._run(q, None, preset=preset)
 
     def stream(self, query: Query | str, *, preset: Preset | str = Preset.WAKE) -> AnswerStream:
         """Answers ``query`` as an async iterator of text chunks, sent as they are generated.
@@ -207,7 +241,7 @@ class Pipeline:
         """
         if self._task_group is None:
             raise MoEError("pipeline.stream() needs an open pipeline: use `async with pipeline:`")
-        q = _as_query(query)
+        q = self._query(query)
         send, receive = anyio.create_memory_object_stream[str](max_buffer_size=64)
         stream = AnswerStream(receive)
         self._task_group.start_soon(self._produce, q, send, stream, Preset(preset))
@@ -258,14 +292,70 @@ class Pipeline:
             log.info(
                 "pipeline.budget_exhausted", session=session, spent=self.budgets.spent(session).to_dict()
             )
-        return await self.router.route(query, list(self._experts.values()), preset=preset, allowed=allowed)
+        while True:
+            try:
+                return await self.router.route(
+                    query, list(self._experts.values()), preset=preset, allowed=allowed
+                )
+            except BackendUnavailable as exc:  # every capable expert is cooling down: wait for one
+                wait = exc.recovers_at - time.monotonic()
+                log.info("pipeline.waiting_for_recovery", s=round(wait, 3))
+                await anyio.sleep(max(wait, 0.0) + 0.001)  # past the deadline, the deadline fires
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self) -> AsyncIterator[None]:
+        """Holds one of ``max_concurrency`` slots for the request; ``Overloaded`` when every slot
+        is taken and ``max_queue`` requests are waiting already."""
+        if self._slots is None:
+            yield
+            return
+        if self._slots.available_tokens == 0 and self._waiting >= self.max_queue:
+            log.warning("pipeline.overloaded", running=self._slots.borrowed_tokens, waiting=self._waiting)
+            raise Overloaded(
+                f"overloaded: {self._slots.borrowed_tokens} requests running and {self._waiting} waiting "
+                f"(max_concurrency {int(self._slots.total_tokens)}, max_queue {self.max_queue})"
+            )
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    @contextlib.contextmanager
+    def _deadline(self) -> Iterator[None]:
+        """``DeadlineExceeded`` when the block runs past ``request_timeout_s``."""
+        if self.request_timeout_s is None:
+            yield
+            return
+        try:
+            with anyio.fail_after(self.request_timeout_s):
+                yield
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the request ran past its deadline of {self.request_timeout_s} s",
+                timeout_s=self.request_timeout_s,
+            ) from None
+
+    def _query(self, query: Query | str) -> Query:
+        if isinstance(query, str):
+            query = Query(query)
+        elif not isinstance(query, Query):
+            raise InvalidInput(f"expected a Query or a str, got {type(query).__name__}")
+        check_query(query, self.limits)
+        return query
 
     async def _produce(
         self, query: Query, send: MemoryObjectSendStream[str], stream: AnswerStream, preset: Preset
     ) -> None:
         async with send:
             try:
-                stream.result = await self._run(query, send.send, stream, preset=preset)
+                with self._deadline():
+                    async with self._admitted():
+                        stream.result = await self._run(query, send.send, stream, preset=preset)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 log.info("pipeline.stream_abandoned")
             except Exception as exc:  # handed to the consumer, never lost in the task group
@@ -474,13 +564,3 @@ class AnswerStream:
     async def text(self) -> str:
         """Reads the stream to the end and returns the whole text."""
         return "".join([chunk async for chunk in self])
-
-
-def _as_query(query: Query | str) -> Query:
-    if isinstance(query, str):
-        query = Query(query)
-    elif not isinstance(query, Query):
-        raise InvalidInput(f"expected a Query or a str, got {type(query).__name__}")
-    if not query.text.strip() and not query.attachments:
-        raise InvalidInput("the query is empty")
-    return query

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..backends.base import Backend, ChunkCallback, Completion, GenerationSettings
 from ..errors import BackendError, ConfigError
+from ..reliability import guard
 from ..types import Answer, Message, Query
 
 __all__ = ["Expert", "ExpertCapability", "ExpertStats", "LLMExpert", "Scorer", "Signal"]
@@ -159,6 +160,18 @@ class Expert(ABC):
         """The model backends this expert calls (the pipeline loads each one once)."""
         return ()
 
+    def recovers_at(self) -> float | None:
+        """``None`` when the expert can take calls now; else the ``time.monotonic()`` time at which
+        its first backend leaves its cooldown (every backend's circuit breaker is open)."""
+        if not self.backends:
+            return None
+        times = []
+        for backend in self.backends:
+            if getattr(backend, "available", True):
+                return None
+            times.append(float(getattr(backend, "recovers_at", 0.0)))
+        return min(times)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
@@ -188,7 +201,8 @@ class LLMExpert(Expert):
     Args:
         name: defaults to the kind (``coding``, ...).
         backends: the models it may call; each call goes to the least loaded one that accepts
-            the query's attachments.
+            the query's attachments. Each is guarded by retries and a circuit breaker
+            (``moe_agents.reliability.guard``) unless it is a ``GuardedBackend`` already.
         system_prompt: replaces the kind's default prompt.
         exemplars: replace the kind's default exemplars (used by the router's gate).
         max_load: most concurrent calls.
@@ -227,7 +241,7 @@ class LLMExpert(Expert):
         self.name = name or self.kind
         self.price = float(price)
         self.scorer = scorer
-        self._backends = tuple(backends)
+        self._backends = tuple(guard(b) for b in backends)
         self.system_prompt = system_prompt or self.default_system_prompt
         self.exemplars = tuple(exemplars) if exemplars is not None else self.default_exemplars
         self.max_load = max_load
@@ -279,11 +293,12 @@ class LLMExpert(Expert):
         )
 
     def choose_backend(self, query: Query) -> Backend:
-        """The backend for ``query``: among those that accept its attachments, the best by the
-        permission function when a ``Residency`` manages them (resident models need no swap and
-        get the hysteresis bonus), else the least loaded."""
+        """The backend for ``query``: among those that accept its attachments (and are not cooling
+        down, while any is not), the best by the permission function when a ``Residency`` manages
+        them (resident models need no swap and get the hysteresis bonus), else the least loaded."""
         needed = query.modalities - {"file"}
         fit = [b for b in self._backends if needed <= b.modalities]
+        fit = [b for b in fit if getattr(b, "available", True)] or fit
         if not fit:
             what = (
                 "no backend configured"

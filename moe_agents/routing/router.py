@@ -27,7 +27,7 @@ import anyio
 import numpy as np
 import structlog
 
-from ..errors import ConfigError, NoCapableExpert
+from ..errors import BackendUnavailable, ConfigError, NoCapableExpert
 from ..experts.base import Expert
 from ..types import ExpertScore, Query, Selection
 from .context import ContextConfig, KMeansContexts, gate_context
@@ -285,6 +285,8 @@ class Router:
 
         Raises:
             NoCapableExpert: no expert accepts the query's attachments.
+            BackendUnavailable: every expert that accepts them is cooling down (``recovers_at``
+                says when the first one may be tried again).
         """
         start = time.perf_counter()
         cfg = self.config
@@ -301,6 +303,20 @@ class Router:
                 f"no expert accepts attachments of kind {sorted(query.modalities)}; "
                 f"experts: {[e.name for e in experts]}"
             )
+        cooling = {e.name: e.recovers_at() for e in candidates}
+        if all(t is not None for t in cooling.values()):
+            recovers_at = min(t for t in cooling.values() if t is not None)
+            raise BackendUnavailable(
+                f"every expert that can take the query is cooling down: {sorted(cooling)}",
+                recovers_at=recovers_at,
+            )
+        now = time.monotonic()
+        for name, t in cooling.items():
+            if t is not None:
+                scores[name] = ExpertScore(
+                    note=f"cooling down: every backend failed repeatedly (retry in {t - now:.1f} s)"
+                )
+        candidates = [e for e in candidates if cooling[e.name] is None]
         mode = "router"
         rule = first_match(self.rules, query.text)
         if rule is not None:
