@@ -23,6 +23,7 @@ from rich.table import Table
 
 from .config import default_config_path, load_pipeline
 from .errors import MoEError, RunError
+from .logging import redact_secrets
 from .pipeline import Pipeline
 from .routing.exemplars import read_exemplars_jsonl
 from .routing.gate import FitReport
@@ -65,12 +66,16 @@ def _setup(verbose: bool) -> None:
 
 
 def _setup_logging(verbose: bool) -> None:
-    """Library events go to stderr: INFO and up with ``--verbose``, else warnings only."""
+    """Library events go to stderr, secrets masked: INFO and up with ``--verbose``, else warnings only."""
     level = logging.INFO if verbose else logging.WARNING
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),  # the stderr of the moment
-        processors=[structlog.processors.add_log_level, structlog.dev.ConsoleRenderer(colors=False)],
+        processors=[
+            structlog.processors.add_log_level,
+            redact_secrets,
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
         cache_logger_on_first_use=False,
     )
 

@@ -309,17 +309,20 @@ class Pipeline:
         if self._slots is None:
             yield
             return
-        if self._slots.available_tokens == 0 and self._waiting >= self.max_queue:
-            log.warning("pipeline.overloaded", running=self._slots.borrowed_tokens, waiting=self._waiting)
-            raise Overloaded(
-                f"overloaded: {self._slots.borrowed_tokens} requests running and {self._waiting} waiting "
-                f"(max_concurrency {int(self._slots.total_tokens)}, max_queue {self.max_queue})"
-            )
-        self._waiting += 1
         try:
-            await self._slots.acquire()
-        finally:
-            self._waiting -= 1
+            self._slots.acquire_nowait()
+        except anyio.WouldBlock:
+            if self._waiting >= self.max_queue:
+                log.warning("pipeline.overloaded", running=self._slots.borrowed_tokens, waiting=self._waiting)
+                raise Overloaded(
+                    f"overloaded: {self._slots.borrowed_tokens} requests running and {self._waiting} "
+                    f"waiting (max_concurrency {int(self._slots.total_tokens)}, max_queue {self.max_queue})"
+                ) from None
+            self._waiting += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self._waiting -= 1
         try:
             yield
         finally:

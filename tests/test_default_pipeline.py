@@ -43,4 +43,6 @@ class TestDefaultPipeline:
         (backend,) = default_pipeline.backends
         assert isinstance(backend, TransformersBackend) and backend.loaded
         text_experts = [e for e in default_pipeline.experts.values() if e.name != "omni"]
-        assert all(list(e.backends) == [backend] for e in text_experts)
+        guarded = text_experts[0].backends[0]  # one retry/circuit guard in front of the one model
+        assert guarded.inner is backend  # type: ignore[attr-defined]
+        assert all(list(e.backends) == [guarded] for e in text_experts)
