@@ -26,11 +26,14 @@ from .config import default_config_path as default_config_path
 from .config import load_pipeline as load_pipeline
 from .errors import BackendError as BackendError
 from .errors import BackendTimeout as BackendTimeout
+from .errors import BackendUnavailable as BackendUnavailable
 from .errors import ConfigError as ConfigError
+from .errors import DeadlineExceeded as DeadlineExceeded
 from .errors import ExpertsFailed as ExpertsFailed
 from .errors import InvalidInput as InvalidInput
 from .errors import MoEError as MoEError
 from .errors import NoCapableExpert as NoCapableExpert
+from .errors import Overloaded as Overloaded
 from .errors import RunError as RunError
 from .errors import UnknownResult as UnknownResult
 from .experts import CodingExpert as CodingExpert
@@ -42,12 +45,16 @@ from .experts import KnowledgeExpert as KnowledgeExpert
 from .experts import LLMExpert as LLMExpert
 from .experts import OmniExpert as OmniExpert
 from .experts import ReasoningExpert as ReasoningExpert
+from .inputs import InputLimits as InputLimits
 from .pipeline import AnswerStream as AnswerStream
 from .pipeline import Pipeline as Pipeline
 from .registry import register_aggregator as register_aggregator
 from .registry import register_backend as register_backend
 from .registry import register_expert as register_expert
 from .registry import register_scorer as register_scorer
+from .reliability import BreakerPolicy as BreakerPolicy
+from .reliability import GuardedBackend as GuardedBackend
+from .reliability import RetryPolicy as RetryPolicy
 from .routing import Candidates as Candidates
 from .routing import ContextConfig as ContextConfig
 from .routing import Encoder as Encoder
@@ -80,12 +87,15 @@ __all__ = [
     "Backend",
     "BackendError",
     "BackendTimeout",
+    "BackendUnavailable",
+    "BreakerPolicy",
     "BudgetConfig",
     "Candidates",
     "CodingExpert",
     "Completion",
     "ConfigError",
     "ContextConfig",
+    "DeadlineExceeded",
     "Encoder",
     "EnsembleAggregator",
     "EpistemicExpert",
@@ -96,6 +106,8 @@ __all__ = [
     "ExpertsFailed",
     "GateConfig",
     "GenerationSettings",
+    "GuardedBackend",
+    "InputLimits",
     "InvalidInput",
     "KnowledgeExpert",
     "LLMExpert",
@@ -103,12 +115,14 @@ __all__ = [
     "MoEError",
     "NoCapableExpert",
     "OmniExpert",
+    "Overloaded",
     "Pipeline",
     "Preset",
     "Query",
     "ReasoningExpert",
     "ReplayBackend",
     "Result",
+    "RetryPolicy",
     "Router",
     "RouterConfig",
     "Rule",
