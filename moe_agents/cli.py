@@ -1,4 +1,4 @@
-"""The ``moe-agents`` command line: chat, ask, route, experts, fit, eval and trust."""
+"""The ``moe-agents`` command line: chat, ask, route, experts, fit, eval, trust and memory."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import datetime
@@ -22,8 +23,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .config import default_config_path, load_pipeline
-from .errors import MoEError, RunError
+from .errors import ConfigError, MoEError, RunError
 from .logging import redact_secrets
+from .memory import MemoryConfig, MemoryStore, Turn
 from .pipeline import Pipeline
 from .routing.exemplars import read_exemplars_jsonl
 from .routing.gate import FitReport
@@ -197,10 +199,38 @@ def _scores_table(selection: Selection) -> Table:
 
 
 @app.command()
-def experts(config: ConfigOpt = None, verbose: VerboseOpt = False) -> None:
-    """List the experts of a pipeline."""
+def experts(
+    config: ConfigOpt = None,
+    stats: Annotated[
+        bool, typer.Option("--stats", help="Rank the experts (success, headroom, latency, trust).")
+    ] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """List the experts of a pipeline, or rank them with --stats."""
     _setup(verbose)
     pipeline = _load(config)
+    if stats:
+        table = Table(
+            "rank", "expert", "score", "success rate", "headroom", "latency score", "trust", "calls"
+        )
+        for i, r in enumerate(pipeline.rank(), 1):
+            trust = "—" if r.trust is None else f"{r.trust:.3f}"
+            table.add_row(
+                str(i),
+                r.name,
+                f"{r.score:.3f}",
+                f"{r.success_rate:.3f}",
+                f"{r.headroom:.2f}",
+                f"{r.latency_score:.3f}",
+                trust,
+                str(r.calls),
+            )
+        console.print(table)
+        console.print(
+            "[dim]success, load and latency are this process's; trust is the trust store's, pooled "
+            "over contexts[/]"
+        )
+        return
     table = Table("name", "kind", "backends", "modalities", "max_load", "timeout_s", "exemplars")
     for e in pipeline.experts.values():
         table.add_row(
@@ -352,6 +382,42 @@ def eval_routing(
         console.print(f"wrote {plot}")
 
 
+@eval_app.command("momentum")
+def eval_momentum(
+    config: ConfigOpt = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Route scripted multi-turn conversations with and without routing momentum: bounce rate of
+    follow-ups and accuracy on real topic switches."""
+    from .evaluation.conversations import evaluate_momentum
+
+    _setup(verbose)
+    pipeline = _load(config)
+
+    async def go() -> dict[str, Any]:
+        with err_console.status("momentum benchmark", spinner="dots"):
+            return await evaluate_momentum(pipeline.router, list(pipeline.experts.values()))
+
+    report = _run(go)
+    table = Table(title=f"routing momentum on {report['conversations']} scripted conversations")
+    for col in ("setting", "bounce rate (follow-ups)", "follow-up acc.", "topic-switch acc.", "accuracy"):
+        table.add_column(col, justify="left" if col == "setting" else "right")
+    for name, r in report["settings"].items():
+        table.add_row(
+            name,
+            f"{r['bounce_rate']:.1%}",
+            f"{r['follow_accuracy']:.1%}",
+            f"{r['switch_accuracy']:.1%}",
+            f"{r['accuracy']:.1%}",
+        )
+    console.print(table)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2))
+        console.print(f"wrote {json_out}")
+
+
 @eval_app.command("recorded")
 def eval_recorded(
     data: Annotated[Path, typer.Option("--data", help="The shared data folder.")] = Path("../shared/data"),
@@ -394,6 +460,55 @@ def eval_recorded(
     (out / "report.json").write_text(json.dumps(report, indent=2))
     paths = plot_recorded(report, out)
     console.print(f"wrote {out / 'report.json'} and {', '.join(str(p) for p in paths)}")
+
+
+ab_app = typer.Typer(help="A/B tests between variants of an expert (YAML ab_tests:).", no_args_is_help=True)
+app.add_typer(ab_app, name="ab")
+
+
+@ab_app.command("report")
+def ab_report(
+    config: ConfigOpt = None,
+    confidence: Annotated[float, typer.Option(help="Confidence level of the interval.")] = 0.95,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Compare each A/B test's variants on the feedback recorded in the trust store."""
+    from .management import ABTracker
+
+    _setup(verbose)
+    pipeline = _load(config)
+    manager, store = pipeline.manager, pipeline.router.trust
+    tests = manager.config.ab_tests if manager is not None else ()
+    if not tests:
+        raise _fail(ConfigError("this pipeline has no ab_tests"))
+    if store is None:
+        raise _fail(ConfigError("A/B outcomes are read from the trust store: add a `trust:` section"))
+    tracker = ABTracker(tests)
+    for row in store.log():
+        if row["source"] != "feedback":
+            continue
+        for test in tests:
+            if row["expert"] in (test.control, test.treatment):
+                tracker.record(test.name, row["expert"], float(row["score"]))
+    reports = [tracker.report(t.name, confidence=confidence) for t in tests]
+    if as_json:
+        console.print_json(json.dumps([dataclasses.asdict(r) for r in reports], default=str))
+        return
+    for test, r in zip(tests, reports, strict=True):
+        table = Table("variant", "expert", "scored", "mean score", title=f"A/B test {test.name!r}")
+        for label, v in (("control", r.control), ("treatment", r.treatment)):
+            mean = "—" if v.mean is None else f"{v.mean:.3f}"
+            table.add_row(label, v.name, str(v.scored), mean)
+        console.print(table)
+        if r.difference is None or r.ci is None:
+            console.print("not enough scored feedback for a difference yet")
+            continue
+        low, high = r.ci
+        console.print(
+            f"difference (treatment − control) {r.difference:+.3f}, {confidence:.0%} interval "
+            f"[{low:+.3f}, {high:+.3f}]: {'significant' if r.significant else 'not significant'}"
+        )
 
 
 trust_app = typer.Typer(
@@ -510,8 +625,101 @@ def trust_export(
         err_console.print(f"wrote {n} rows to {out}")
 
 
+memory_app = typer.Typer(
+    help="Conversation memory: the turns and memories of each session.", no_args_is_help=True
+)
+app.add_typer(memory_app, name="memory")
+
+MemoryDbOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--db", help="The memory store (default: memory.sqlite3 in the user data folder).", show_default=False
+    ),
+]
+
+
+def _memory_store(path: Path) -> MemoryStore:
+    """Opens the store at ``path``; a missing file reads as an empty store and is not created."""
+    try:
+        return MemoryStore(MemoryConfig(path=path if path.exists() else ":memory:"))
+    except MoEError as exc:
+        raise _fail(exc) from None
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _turn_dict(turn: Turn) -> dict[str, Any]:
+    return {**dataclasses.asdict(turn), "experts": list(turn.experts)}
+
+
+@memory_app.command("show")
+def memory_show(
+    session: Annotated[
+        str | None, typer.Argument(help="Show this session's transcript (default: list the sessions).")
+    ] = None,
+    db: MemoryDbOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """List the sessions with their turn counts and last activity, or show one session's transcript."""
+    _setup_logging(verbose)
+    path = db or MemoryStore.default_path()
+    with _memory_store(path) as store:
+        try:
+            sessions = store.sessions() if session is None else []
+            turns = store.transcript(session) if session is not None else []
+        except MoEError as exc:
+            raise _fail(exc) from None
+    if session is None:
+        if as_json:
+            rows = [{"session": s, "turns": n, "last_ts": ts} for s, n, ts in sessions]
+            console.print_json(json.dumps(rows))
+        elif not sessions:
+            err_console.print(f"no sessions recorded in {path}")
+        else:
+            table = Table("session", "turns", "last activity", box=None)
+            for s, n, ts in sessions:
+                table.add_row(s, str(n), _when(ts))
+            console.print(table)
+        return
+    if as_json:
+        console.print_json(json.dumps([_turn_dict(t) for t in turns]))
+    elif not turns:
+        err_console.print(f"no turns recorded for session {session} in {path}", highlight=False)
+    else:
+        for t in turns:
+            who = f"assistant ({', '.join(t.experts)})" if t.role == "assistant" and t.experts else t.role
+            console.print(f"{_when(t.ts)}  {who}: {t.text}", markup=False, highlight=False, soft_wrap=True)
+
+
+@memory_app.command("forget")
+def memory_forget(
+    session: Annotated[str, typer.Argument(help="The session to forget.")],
+    db: MemoryDbOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Delete a session's turns and memories for good (the bytes are removed from the file)."""
+    _setup_logging(verbose)
+    path = db or MemoryStore.default_path()
+    if not path.exists():
+        err_console.print(f"no turns recorded for session {session} in {path}", highlight=False)
+        return
+    with _memory_store(path) as store:
+        try:
+            turns = len(store.transcript(session))
+            if turns and not yes:
+                typer.confirm(f"Forget session {session} ({turns} turns) in {path}?", abort=True)
+            removed = store.forget(session) if turns else 0
+        except MoEError as exc:
+            raise _fail(exc) from None
+    console.print(f"removed {removed} rows ({turns} turns) of session {session}", highlight=False)
+
+
 CHAT_HELP = """Commands: /route TEXT (show the routing), /feedback good|bad (rate the last answer),
-/experts, /help, /quit. Anything else is a request."""
+/new (start a new conversation), /experts, /help, /quit. Anything else is a request."""
 
 
 @app.command()
@@ -525,6 +733,7 @@ def chat(config: ConfigOpt = None, verbose: VerboseOpt = False) -> None:
             p = await _open(stack, pipeline)
             console.print(f"[bold]moe-agents[/] — experts: {', '.join(p.experts)}. {CHAT_HELP}")
             last: Result | None = None
+            session = uuid.uuid4().hex[:12]  # ties the turns together: memory and routing momentum
             while True:
                 try:
                     line = (await anyio.to_thread.run_sync(console.input, "[bold cyan]you>[/] ")).strip()
@@ -537,6 +746,10 @@ def chat(config: ConfigOpt = None, verbose: VerboseOpt = False) -> None:
                     return
                 if line == "/help":
                     console.print(CHAT_HELP)
+                elif line == "/new":
+                    p.router.momentum.forget(session)
+                    session, last = uuid.uuid4().hex[:12], None
+                    console.print(f"[dim]new conversation ({session})[/]")
                 elif line == "/experts":
                     console.print(", ".join(p.experts))
                 elif line.startswith("/route"):
@@ -544,7 +757,7 @@ def chat(config: ConfigOpt = None, verbose: VerboseOpt = False) -> None:
                     if not text:
                         console.print("usage: /route TEXT")
                         continue
-                    selection = await p.route(text)
+                    selection = await p.route(Query(text, session_id=session))
                     console.print(_selection_line(selection))
                     console.print(_scores_table(selection))
                 elif line.startswith("/feedback"):
@@ -557,12 +770,12 @@ def chat(config: ConfigOpt = None, verbose: VerboseOpt = False) -> None:
                 elif line.startswith("/"):
                     console.print(f"unknown command {line.split()[0]}. {CHAT_HELP}")
                 else:
-                    last = await _chat_turn(p, line) or last
+                    last = await _chat_turn(p, Query(line, session_id=session)) or last
 
     _run(go)
 
 
-async def _chat_turn(pipeline: Pipeline, text: str) -> Result | None:
+async def _chat_turn(pipeline: Pipeline, text: Query) -> Result | None:
     """Routes, streams the answer, and reports failed experts; errors end the turn, not the chat."""
     try:
         stream = pipeline.stream(text)

@@ -16,11 +16,19 @@ The format (every section optional except ``experts``)::
       budget: {usd: 0.50, tokens: null, cheap_price: 0.0}       # per session
     resources: {memory_budget_gb: 8, bandwidth_gb_s: 1.0}   # local models load on demand, within it
     limits: {max_query_chars: 100000, max_attachments: 8, max_attachment_bytes: 20971520}
+    memory: {path: null, recent_turns: 8, recall_k: 3}   # per Query.session_id; experts: context_tokens
     runtime: {request_timeout_s: 120, max_concurrency: 64, max_queue: 256}   # else Overloaded
 
 Every backend also takes ``retry: {attempts, initial_s, max_s, jitter_s}`` and
 ``circuit: {failures, cooldown_s}``.
-    management: {}                    # reserved for expert management
+    management:                       # optional: running the experts
+      ranking: {success: 0.5, headroom: 0.3, latency: 0.2, trust: 0.0}   # experts --stats
+      auto_scale: false               # instances (max_load slots) for busy, well-performing experts
+      remove_underperforming: false   # disable experts below scaling.performance_threshold for long
+      scaling: {max_instances: 4, performance_threshold: 0.5, underperforming_window: 20}
+      health: {interval_s: 30, idle_s: 10, failures_to_unhealthy: 2}     # probe idle experts
+    ab_tests:                         # split a control expert's traffic with a treatment expert
+      - {name: prompt-v2, control: coding, treatment: coding-v2, fraction: 0.2}
 
 Experts may set ``price:`` (cost per call, in the budget's unit) and ``scorer:`` (a registered
 automatic quality check such as ``python_parses``).
@@ -45,6 +53,9 @@ from .backends.base import Backend, GenerationSettings
 from .budget import BudgetConfig
 from .errors import ConfigError, MoEError
 from .inputs import InputLimits
+from .management import ABTest, HealthPolicy, RankingWeights, ScalingPolicy
+from .management.manager import ManagementConfig
+from .memory import MemoryConfig, MemoryStore
 from .pipeline import Pipeline
 from .registry import Registry, registry
 from .reliability import BreakerPolicy, GuardedBackend, RetryPolicy
@@ -54,6 +65,7 @@ from .routing.context import ContextConfig
 from .routing.encoder import Encoder, LiteLLMEncoder, SentenceEncoder, bundled_encoder
 from .routing.exemplars import read_exemplars_jsonl
 from .routing.gate import GateConfig, load_gate
+from .routing.momentum import MomentumConfig
 from .routing.permission import SelectConfig
 from .routing.router import Router, RouterConfig
 from .routing.rules import Rule
@@ -106,6 +118,7 @@ class RouterSpec(_Spec):
     gate_path: str | None = None
     exemplars_file: str | None = None
     rules: list[RuleSpec] = []
+    momentum: dict[str, Any] = {}
 
 
 _SELECT = SelectConfig()
@@ -203,6 +216,37 @@ class RuntimeSpec(_Spec):
     max_queue: int = Field(default=0, ge=0)
 
 
+class MemorySpec(_Spec):
+    """``memory:``: conversation memory for queries with a ``session_id``."""
+
+    path: str | None = None
+    recent_turns: int = Field(default=8, ge=0)
+    recall_k: int = Field(default=3, ge=0)
+    weights: list[float] = Field(default=[0.3, 0.2, 0.3, 0.2], min_length=4, max_length=4)
+
+
+class ManagementSpec(_Spec):
+    """``management:``; the nested mappings take the fields of ``RankingWeights``,
+    ``ScalingPolicy`` and ``HealthPolicy``."""
+
+    ranking: dict[str, float] = {}
+    auto_scale: bool = False
+    remove_underperforming: bool = False
+    scaling: dict[str, Any] = {}
+    health: dict[str, Any] | None = None
+    interval_s: float = Field(default=5.0, gt=0.0)
+
+
+class ABTestSpec(_Spec):
+    """One entry of ``ab_tests:``."""
+
+    name: str = Field(min_length=1)
+    control: str
+    treatment: str
+    fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
+    seed: int = 0
+
+
 class AggregationSpec(_Spec):
     """``aggregation:``"""
 
@@ -248,6 +292,7 @@ class ExpertSpec(_Spec):
     settings: SettingsSpec | None = None
     price: float = Field(default=0.0, ge=0.0)
     scorer: str | None = None
+    context_tokens: int | None = Field(default=None, ge=0)
     options: dict[str, Any] = {}
 
 
@@ -264,7 +309,9 @@ class PipelineSpec(_Spec):
     resources: ResourcesSpec = ResourcesSpec()
     limits: LimitsSpec = LimitsSpec()
     runtime: RuntimeSpec = RuntimeSpec()
-    management: dict[str, Any] = {}
+    memory: MemorySpec | None = None
+    management: ManagementSpec = ManagementSpec()
+    ab_tests: list[ABTestSpec] = []
 
 
 def default_config_path() -> Path:
@@ -401,11 +448,60 @@ class _Builder:
                 request_timeout_s=rt.request_timeout_s,
                 max_concurrency=rt.max_concurrency,
                 max_queue=rt.max_queue,
+                memory=self.memory(encoder),
+                management=self.management(names),
             )
         except ConfigError as exc:
             if exc.path is not None:
                 raise
             raise self.error(exc.message, ("runtime",)) from None
+
+    def management(self, names: Sequence[str]) -> ManagementConfig | None:
+        m, tests = self.spec.management, self.spec.ab_tests
+        if m == ManagementSpec() and not tests:
+            return None
+        for i, t in enumerate(tests):
+            for key in ("control", "treatment"):
+                if getattr(t, key) not in names:
+                    raise self.error(
+                        f"A/B test {t.name!r}: {getattr(t, key)!r} is not an expert; experts: {list(names)}",
+                        ("ab_tests", i, key),
+                    )
+        parts: list[tuple[str, Any]] = [("ranking", RankingWeights), ("scaling", ScalingPolicy)]
+        built: dict[str, Any] = {}
+        for key, cls in [*parts, ("health", HealthPolicy)]:
+            raw = getattr(m, key)
+            if raw is None:
+                continue
+            try:
+                built[key] = cls(**raw)
+            except TypeError as exc:
+                raise self.error(f"invalid option: {exc}", ("management", key)) from None
+            except ConfigError as exc:
+                raise self.error(exc.message, ("management", key)) from None
+        try:
+            return ManagementConfig(
+                auto_scale=m.auto_scale,
+                remove_underperforming=m.remove_underperforming,
+                interval_s=m.interval_s,
+                ab_tests=tuple(
+                    ABTest(t.name, t.control, t.treatment, fraction=t.fraction, seed=t.seed) for t in tests
+                ),
+                **built,
+            )
+        except ConfigError as exc:
+            raise self.error(exc.message, ("ab_tests",)) from None
+
+    def memory(self, encoder: Encoder) -> MemoryStore | None:
+        m = self.spec.memory
+        if m is None:
+            return None
+        path = None if m.path is None else m.path if m.path == ":memory:" else _relative(m.path, self.base)
+        try:
+            config = MemoryConfig(path, m.recent_turns, m.recall_k, tuple(m.weights))  # type: ignore[arg-type]
+            return MemoryStore(config, encoder=encoder)
+        except MoEError as exc:
+            raise self.error(str(exc), ("memory",)) from None
 
     def trust(self) -> tuple[TrustStore | None, SelectConfig, ContextConfig, int | None]:
         t = self.spec.trust
@@ -461,10 +557,12 @@ class _Builder:
                 selection=select,
                 context=context,
                 seed=seed,
+                momentum=MomentumConfig(**r.momentum),
             )
             rules = [Rule(rule.pattern, tuple(rule.experts), rule.name) for rule in r.rules]
         except TypeError as exc:
-            raise self.error(f"invalid gate option: {exc}", ("router", "gate")) from None
+            where = "momentum" if "MomentumConfig" in str(exc) else "gate"
+            raise self.error(f"invalid {where} option: {exc}", ("router", where)) from None
         except ConfigError as exc:
             raise self.error(exc.message, ("router",)) from None
         exemplars: dict[str, list[str]] = {}
@@ -564,6 +662,8 @@ class _Builder:
         kwargs: dict[str, Any] = {"name": spec.name, "max_load": spec.max_load, "timeout_s": spec.timeout_s}
         if spec.price:
             kwargs["price"] = spec.price
+        if spec.context_tokens is not None:
+            kwargs["context_tokens"] = spec.context_tokens
         if spec.scorer is not None:
             try:
                 kwargs["scorer"] = self.registry.scorers.get(spec.scorer)

@@ -8,10 +8,10 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 import structlog
@@ -34,10 +34,15 @@ from .errors import (
 )
 from .experts.base import Expert
 from .inputs import InputLimits, check_query
+from .management.events import EventBus
+from .management.manager import ManagementConfig, Manager
+from .management.ranking import ExpertRank, RankingWeights, rank_experts
+from .memory import MemoryStore
 from .reliability import GuardedBackend
 from .routing.permission import Preset
 from .routing.router import Router
-from .types import Answer, Query, Result, Selection, Usage
+from .routing.trust import POOLED
+from .types import Answer, ExpertScore, Query, Result, Selection, Usage
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -51,9 +56,13 @@ _FALLBACK_MARKER = "\n\n[{failed} failed mid-answer; continuing with {next}]\n\n
 
 @dataclass(slots=True)
 class _Run:
-    """Mutable bookkeeping of one run: what every expert call produced."""
+    """Mutable bookkeeping of one run: the experts it started with (a request finishes on them
+    even if the registry changes meanwhile) and what every expert call produced."""
 
+    experts: Mapping[str, Expert]
+    limiters: Mapping[str, anyio.CapacityLimiter]
     answers: dict[str, Answer] = field(default_factory=dict)
+    context: dict[str, dict[str, Any]] = field(default_factory=dict)
     errors: dict[str, RunError] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
@@ -86,6 +95,11 @@ class Pipeline:
         max_concurrency: most requests answered at once; ``None``: no limit.
         max_queue: requests that may wait for a slot when ``max_concurrency`` are running; one
             more fails at once with ``Overloaded`` (memory stays bounded).
+        memory: conversation memory: for a query with a ``session_id``, each expert gets the recent
+            turns and the most relevant memories (within its ``context_tokens``) before the
+            request; every exchange and its feedback are remembered.
+        management: A/B tests, health checks, auto-scaling and removal of underperformers
+            (``moe_agents.management.manager``), run while the pipeline is open.
 
     With a trust store on the router (``Router(trust=TrustStore(...))``), ``feedback`` and the
     experts' automatic ``scorer`` update each answering expert's trust in the query's context.
@@ -106,6 +120,8 @@ class Pipeline:
         request_timeout_s: float | None = None,
         max_concurrency: int | None = None,
         max_queue: int = 0,
+        memory: MemoryStore | None = None,
+        management: ManagementConfig | None = None,
     ) -> None:
         if not experts:
             raise ConfigError("a pipeline needs at least one expert")
@@ -134,6 +150,14 @@ class Pipeline:
             )
         self._limiters = {e.name: anyio.CapacityLimiter(e.max_load) for e in experts}
         self._results: OrderedDict[str, Result] = OrderedDict()
+        self._disabled: dict[str, str] = {}  # name -> why
+        self.events = EventBus()
+        """Registry changes and other management events (``async with pipeline.events.subscribe()``)."""
+        self.manager = Manager(management, self, self.events) if management is not None else None
+        for test in management.ab_tests if management is not None else ():
+            missing = [v for v in (test.control, test.treatment) if v not in self._experts]
+            if missing:
+                raise ConfigError(f"A/B test {test.name!r} names unknown experts {missing}; experts: {names}")
         self._keep_results = keep_results
         self.budgets = SessionBudgets(budget or BudgetConfig())
         self.limits = limits or InputLimits()
@@ -146,6 +170,7 @@ class Pipeline:
         self.request_timeout_s = request_timeout_s
         self.max_queue = max_queue
         self._slots = anyio.CapacityLimiter(max_concurrency) if max_concurrency is not None else None
+        self.memory = memory
         self._waiting = 0
         self._task_group: TaskGroup | None = None
 
@@ -165,6 +190,106 @@ class Pipeline:
     def experts(self) -> Mapping[str, Expert]:
         """The experts by name."""
         return self._experts
+
+    def rank(self) -> list[ExpertRank]:
+        """The experts ranked as in the seed plan (``0.5·success + 0.3·load headroom +
+        0.2·latency``, plus ``0.5·trust`` when a trust store is kept: pooled over contexts, the
+        prior for experts without feedback; weights from ``management.ranking``)."""
+        weights = self.manager.config.ranking if self.manager is not None else RankingWeights()
+        trust = None
+        if self.router.trust is not None:
+            names = list(self._experts)
+            values, _ = self.router.trust.lookup(names, POOLED)  # the prior where there is no feedback
+            trust = {n: float(t) for n, t in zip(names, values, strict=True)}
+        return rank_experts(list(self._experts.values()), weights, trust=trust)
+
+    def active_experts(self) -> list[Expert]:
+        """The experts routing may choose now: registered, not disabled, not an A/B treatment, not
+        unhealthy."""
+        out = self._excluded()
+        return [e for name, e in self._experts.items() if name not in out]
+
+    def _excluded(self) -> dict[str, str]:
+        """Experts kept out of routing now, with why."""
+        out = {name: f"disabled: {why}" for name, why in self._disabled.items()}
+        if self.manager is not None:
+            out.update(self.manager.excluded())
+        return out
+
+    def register(self, expert: Expert) -> None:
+        """Adds an expert while the pipeline runs: new requests may be routed to it; the gate is
+        refitted (or loaded from its cache) on the next route, since the exemplars changed.
+
+        Raises:
+            ConfigError: an expert with that name exists already.
+        """
+        if expert.name in self._experts:
+            raise ConfigError(f"an expert named {expert.name!r} exists already; use replace()")
+        self._experts = {**self._experts, expert.name: expert}
+        self._limiters = {**self._limiters, expert.name: anyio.CapacityLimiter(expert.max_load)}
+        self._changed("expert.registered", expert.name)
+
+    def remove(self, name: str) -> Expert:
+        """Removes an expert: requests already running finish with it, new ones never see it.
+
+        Raises:
+            ConfigError: no such expert, it is the last one, or the router or aggregator names it.
+        """
+        self._require(name)
+        if len(self._experts) == 1:
+            raise ConfigError(f"cannot remove {name!r}: a pipeline needs at least one expert")
+        if name in (self.router.config.fallback_expert, getattr(self.aggregator, "synthesis_expert", None)):
+            raise ConfigError(f"cannot remove {name!r}: the router or the aggregator names it")
+        expert = self._experts[name]
+        self._experts = {k: v for k, v in self._experts.items() if k != name}
+        self._limiters = {k: v for k, v in self._limiters.items() if k != name}
+        self._disabled.pop(name, None)
+        self._changed("expert.removed", name)
+        return expert
+
+    def replace(self, name: str, expert: Expert) -> Expert:
+        """Swaps in a new expert under ``name`` (e.g. another model or prompt); requests already
+        running finish on the old one. Returns the old one.
+
+        Raises:
+            ConfigError: no such expert, or ``expert.name`` is not ``name``.
+        """
+        self._require(name)
+        if expert.name != name:
+            raise ConfigError(f"replace({name!r}, ...) got an expert named {expert.name!r}")
+        old = self._experts[name]
+        self._experts = {**self._experts, name: expert}
+        self._limiters = {**self._limiters, name: anyio.CapacityLimiter(expert.max_load)}
+        self._changed("expert.replaced", name)
+        return old
+
+    def disable(self, name: str, reason: str = "") -> None:
+        """Takes an expert out of routing without removing it (``enable`` brings it back)."""
+        self._require(name)
+        if name not in self._disabled:
+            if len(self.active_experts()) == 1:
+                raise ConfigError(f"cannot disable {name!r}: it is the last expert routing may choose")
+            self._disabled[name] = reason or "disabled"
+            self._changed("expert.disabled", name, reason=reason)
+
+    def enable(self, name: str) -> None:
+        """Puts a disabled expert back into routing."""
+        self._require(name)
+        if name in self._disabled:
+            del self._disabled[name]
+            self._changed("expert.enabled", name)
+
+    @property
+    def disabled(self) -> frozenset[str]:
+        """Experts taken out of routing."""
+        return frozenset(self._disabled)
+
+    def _require(self, name: str) -> None:
+        if name not in self._experts:
+            raise ConfigError(f"no expert named {name!r}; experts: {list(self._experts)}")
+
+    def _changed(self, kind: str, name: str, **data: str) -> None:
+        self.events.publish(kind, expert=name, experts=list(self._experts), **data)
 
     @property
     def backends(self) -> list[Backend]:
@@ -191,6 +316,8 @@ class Pipeline:
         )
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
+        if self.manager is not None:
+            self._task_group.start_soon(self.manager.run)
         return self
 
     async def __aexit__(
@@ -261,8 +388,14 @@ class Pipeline:
         if result is None:
             raise UnknownResult(result_id)
         for name in result.answers:
-            self._experts[name].stats.record_feedback(float(score))
+            if (expert := self._experts.get(name)) is not None:  # it may have been removed since
+                expert.stats.record_feedback(float(score))
         await self._record_trust(list(result.answers), result.selection.context, float(score), result.id)
+        if self.memory is not None:
+            memory = self.memory
+            await anyio.to_thread.run_sync(lambda: memory.record_feedback(result_id, float(score)))
+        if self.manager is not None and "ab" in result.metadata:
+            self.manager.record(result.metadata["ab"], float(score))
         log.info("pipeline.feedback", result_id=result_id, score=float(score), experts=list(result.answers))
 
     async def _record_trust(
@@ -294,9 +427,14 @@ class Pipeline:
             )
         while True:
             try:
-                return await self.router.route(
-                    query, list(self._experts.values()), preset=preset, allowed=allowed
+                selection = await self.router.route(
+                    query, self.active_experts(), preset=preset, allowed=allowed
                 )
+                excluded = self._excluded()
+                if not excluded:
+                    return selection
+                notes = {n: ExpertScore(note=why) for n, why in excluded.items()}
+                return replace(selection, scores={**selection.scores, **notes})
             except BackendUnavailable as exc:  # every capable expert is cooling down: wait for one
                 wait = exc.recovers_at - time.monotonic()
                 log.info("pipeline.waiting_for_recovery", s=round(wait, 3))
@@ -373,10 +511,14 @@ class Pipeline:
         preset: Preset | str = Preset.WAKE,
     ) -> Result:
         start = time.perf_counter()
+        experts, limiters = self._experts, self._limiters  # snapshots: the registry copies on write
         selection = await self._route(query, preset)
+        assigned: dict[str, str] = {}
+        if self.manager is not None:
+            selection, assigned = self.manager.assign(selection, query.session_id)
         if stream is not None:
             stream.selection = selection
-        run = _Run()
+        run = _Run(experts, limiters)
         run.timings["route"] = time.perf_counter() - start
         emitter = _Emitter(on_chunk) if on_chunk is not None else None
         fan_out = self.aggregator.fan_out
@@ -421,8 +563,14 @@ class Pipeline:
             await emitter(answer.text)
         run.timings["total"] = time.perf_counter() - start
 
-        result = Result(uuid.uuid4().hex, answer, selection, run.answers, run.errors, run.timings, run.usage)
+        metadata: dict[str, Any] = {"context": run.context} if run.context else {}
+        if assigned:
+            metadata["ab"] = assigned
+        result = Result(
+            uuid.uuid4().hex, answer, selection, run.answers, run.errors, run.timings, run.usage, metadata
+        )
         self._remember(result)
+        await self._memorise(query, result)
         self.budgets.charge(query.session_id, run.usage)
         await self._score(query, result)
         log.info(
@@ -460,14 +608,15 @@ class Pipeline:
 
     async def _ask(self, run: _Run, name: str, query: Query, on_chunk: ChunkCallback | None) -> Answer:
         """Calls one expert with its deadline and capacity; records the answer or the error."""
-        expert = self._experts.get(name)
+        expert = run.experts.get(name)
         if expert is None:
-            raise RunError(f"no expert named {name!r}; experts: {list(self._experts)}", expert=name)
+            raise RunError(f"no expert named {name!r}; experts: {list(run.experts)}", expert=name)
         start = time.perf_counter()
         error: RunError | None = None
+        query = await self._with_memory(run, expert, query)
         try:
             with anyio.fail_after(expert.timeout_s):
-                async with self._limiters[name]:
+                async with run.limiters[name]:
                     with expert.stats.running():
                         answer = await expert.process(query, on_chunk=on_chunk)
         except TimeoutError as exc:
@@ -486,6 +635,8 @@ class Pipeline:
             error.__cause__ = exc
         latency = time.perf_counter() - start
         expert.stats.record(ok=error is None, latency_s=latency)
+        if self.manager is not None:
+            self.manager.note_call(name, error is None)
         run.timings[f"expert.{name}"] = latency
         if error is not None:
             run.errors[name] = error
@@ -496,10 +647,50 @@ class Pipeline:
         log.info("expert.answered", expert=name, model=answer.model, ms=round(latency * 1000, 2))
         return answer
 
+    async def _with_memory(self, run: _Run, expert: Expert, query: Query) -> Query:
+        """``query`` with the session's recent turns and relevant memories as context, within the
+        expert's ``context_tokens``; what was given is kept for ``Result.metadata["context"]``."""
+        memory, session = self.memory, query.session_id
+        if memory is None or session is None or expert.context_tokens <= 0:
+            return query
+        provided = await anyio.to_thread.run_sync(
+            memory.context_for, session, query.text, expert.context_tokens
+        )
+        run.context[expert.name] = {
+            "tokens": provided.tokens,
+            "turns": len(provided.turns),
+            "memories": [m.id for m in provided.memories],
+        }
+        if not provided.text:
+            return query
+        extra = f"{provided.text}\n\n{query.context}" if query.context else provided.text
+        return query.with_context(extra)
+
+    async def _memorise(self, query: Query, result: Result) -> None:
+        """Remembers the exchange of a query that belongs to a session."""
+        memory, session = self.memory, query.session_id
+        if memory is None or session is None:
+            return
+        votes = result.answer.metadata.get("votes")
+        conflict = 1.0 if isinstance(votes, Mapping) and len(votes) > 1 else 0.0
+        confidence = result.selection.weights[0] if result.selection.weights else 0.5
+        await anyio.to_thread.run_sync(
+            lambda: memory.add_exchange(
+                session,
+                query.text,
+                result.answer.text,
+                experts=list(result.answers),
+                result_id=result.id,
+                confidence=confidence,
+                conflict=conflict,
+            )
+        )
+
     async def _score(self, query: Query, result: Result) -> None:
         """Runs each answering expert's automatic ``scorer`` and records its score as trust."""
         for name, answer in result.answers.items():
-            scorer = self._experts[name].scorer
+            expert = self._experts.get(name)
+            scorer = expert.scorer if expert is not None else None
             if scorer is None:
                 continue
             try:

@@ -256,6 +256,8 @@ class Result:
         timings: seconds per stage (``route``, ``experts``, ``aggregate``, ``total``) and per expert
             (``expert.<name>``).
         cost: total ``Usage`` of every model call in the run.
+        metadata: what else the run used, e.g. ``context``: per expert, the conversation memory
+            it was given (tokens, turns, memory ids).
     """
 
     id: str
@@ -265,9 +267,10 @@ class Result:
     errors: Mapping[str, RunError]
     timings: Mapping[str, float]
     cost: Usage
+    metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
     def __post_init__(self) -> None:
-        for name in ("answers", "errors", "timings"):
+        for name in ("answers", "errors", "timings", "metadata"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
 
     @property
@@ -285,6 +288,7 @@ class Result:
             "errors": {name: f"{type(e).__name__}: {e}" for name, e in self.errors.items()},
             "timings": dict(self.timings),
             "cost": self.cost.to_dict(),
+            "metadata": _plain(self.metadata),
         }
 
 

@@ -98,6 +98,8 @@ class Expert(ABC):
             turns it into ``cheapness``.
         scorer: an automatic quality check ``(query, answer) -> score in [0, 1] | None`` whose
             scores update trust like feedback does (``None``: no score for that answer).
+        context_tokens: with conversation memory, the most tokens of earlier turns and memories
+            put before the request.
     """
 
     name: str
@@ -109,6 +111,7 @@ class Expert(ABC):
     timeout_s: float | None = 120.0
     price: float = 0.0
     scorer: Scorer | None = None
+    context_tokens: int = 512
 
     @property
     def stats(self) -> ExpertStats:
@@ -210,6 +213,7 @@ class LLMExpert(Expert):
         settings: generation settings for every call.
         price: cost of one call (see ``Expert.price``).
         scorer: an automatic quality check (see ``Expert.scorer``).
+        context_tokens: memory context budget (see ``Expert.context_tokens``).
     """
 
     kind: ClassVar[str] = "llm"
@@ -231,6 +235,7 @@ class LLMExpert(Expert):
         capabilities: Sequence[ExpertCapability] | None = None,
         price: float = 0.0,
         scorer: Scorer | None = None,
+        context_tokens: int = 512,
     ) -> None:
         if max_load < 1:
             raise ConfigError(f"max_load must be >= 1, got {max_load}")
@@ -239,8 +244,11 @@ class LLMExpert(Expert):
         if price < 0:
             raise ConfigError(f"price must be >= 0, got {price}")
         self.name = name or self.kind
+        if context_tokens < 0:
+            raise ConfigError(f"context_tokens must be >= 0, got {context_tokens}")
         self.price = float(price)
         self.scorer = scorer
+        self.context_tokens = context_tokens
         self._backends = tuple(guard(b) for b in backends)
         self.system_prompt = system_prompt or self.default_system_prompt
         self.exemplars = tuple(exemplars) if exemplars is not None else self.default_exemplars

@@ -194,6 +194,7 @@ class EpistemicExpert(LLMExpert):
         capabilities: Sequence[ExpertCapability] | None = None,
         price: float = 0.0,
         scorer: Scorer | None = None,
+        context_tokens: int = 512,
         adapter: str | Path | None = None,
     ) -> None:
         super().__init__(
@@ -207,6 +208,7 @@ class EpistemicExpert(LLMExpert):
             capabilities=capabilities,
             price=price,
             scorer=scorer,
+            context_tokens=context_tokens,
         )
         if adapter is not None and not str(adapter).strip():
             raise ConfigError(f"expert {self.name!r}: adapter must be a non-empty path or name")

@@ -200,6 +200,7 @@ class KnowledgeExpert(LLMExpert):
         capabilities: Sequence[ExpertCapability] | None = None,
         price: float = 0.0,
         scorer: Scorer | None = None,
+        context_tokens: int = 512,
         documents: Sequence[str | Path] = (),
         encoder: Encoder | None = None,
         top_passages: int = 3,
@@ -217,6 +218,7 @@ class KnowledgeExpert(LLMExpert):
             capabilities=capabilities,
             price=price,
             scorer=scorer,
+            context_tokens=context_tokens,
         )
         if isinstance(documents, (str, Path)):
             raise ConfigError(f"expert {self.name!r}: documents must be a list of paths or texts, not one")

@@ -33,6 +33,7 @@ from ..types import ExpertScore, Query, Selection
 from .context import ContextConfig, KMeansContexts, gate_context
 from .encoder import BatchingEncoder, Encoder, bundled_encoder
 from .gate import FitReport, Gate, GateConfig, fit_gate, gate_fingerprint, load_gate
+from .momentum import Momentum, MomentumConfig
 from .permission import Candidates, Preset, SelectConfig, select
 from .rules import Rule, first_match
 
@@ -70,6 +71,7 @@ class RouterConfig:
             user cache folder); ``""`` disables the cache.
         selection: trust-first ranking, exploration, low-trust fallback, hysteresis, cost weight.
         context: how queries are bucketed for trust.
+        momentum: within a session, the previous turns' experts keep a bounded, fading bonus.
         seed: seeds exploration (``None``: fresh randomness).
     """
 
@@ -86,6 +88,7 @@ class RouterConfig:
     gate_cache_dir: str | None = None
     selection: SelectConfig = field(default_factory=SelectConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
+    momentum: MomentumConfig = field(default_factory=MomentumConfig)
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -147,6 +150,8 @@ class Router:
         self.clusters: KMeansContexts | None = None
         """The k-means contexts (``context.kind: cluster``), fitted from the exemplars in ``prepare``."""
         self._rng = np.random.default_rng(self.config.seed)
+        self.momentum = Momentum(self.config.momentum)
+        """Per-session routing momentum (``router.momentum``)."""
         self.encoder = encoder if encoder is not None else bundled_encoder()
         self.embedder = BatchingEncoder(
             self.encoder,
@@ -413,6 +418,7 @@ class Router:
         probs = gate.predict_proba(vector[None, :])[0]  # (E,)
         if self.trust is not None and kind == "gate":
             context = gate_context(gate.experts, probs)
+        probs = self.momentum.apply(query.session_id, gate.experts, probs)
         column = {name: i for i, name in enumerate(gate.experts)}
         p = np.array([probs[column[e.name]] if e.name in column else 0.0 for e in candidates])
         total = p.sum()

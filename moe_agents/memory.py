@@ -1,0 +1,700 @@
+"""Conversation memory: recent turns, a verbatim log, and salience-scored memories per session.
+
+Per session (``Query.session_id``) the store keeps:
+
+* a **recent-turns buffer**: the last ``recent_turns`` turns, in memory (a bounded deque), rebuilt
+  from the database the first time a session is used by this store;
+* a **verbatim log** of every turn (table ``turns``: role ``user`` or ``assistant``, the text, the
+  comma-joined names of the experts that answered, the result id);
+* **memories** (table ``memories``): each exchange (a user turn with its answer) with its embedding
+  and a salience in [0, 1], the weighted mean of four components, each in [0, 1]::
+
+      novelty  = 1 - max cosine similarity to the session's earlier memories (1 for the first)
+      surprise = 1 - the router's confidence in its choice for the exchange
+      reward   = the feedback score, once given (0.5 until then; stored as NULL)
+      conflict = 1 when the answering experts disagreed (or a degree in between)
+      salience = (w_n * novelty + w_s * surprise + w_r * reward + w_c * conflict) / (w_n + w_s + w_r + w_c)
+
+``recall`` ranks a session's memories by ``cosine similarity * (0.5 + 0.5 * salience)``, skipping
+the exchanges still in the recent buffer (they are given verbatim anyway). ``context_for`` packs
+the recent turns, newest first, then the best memories into a token budget.
+
+The store is one SQLite file (WAL mode) behind one connection and a lock, like the trust store;
+encoder calls happen outside the lock. Each exchange (two turns and a memory) is written in one
+``BEGIN IMMEDIATE`` transaction. ``forget`` deletes a session for real: ``secure_delete`` zeroes the
+freed pages, and the WAL is checkpointed and truncated around a ``VACUUM``, so the text is gone from
+the file's bytes. The recent buffers assume one process writes a given session; other processes may
+read the file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import ClassVar
+
+import numpy as np
+import structlog
+
+from .errors import ConfigError, InvalidInput, RunError, check_settings
+from .routing.encoder import Encoder
+
+__all__ = [
+    "Memory",
+    "MemoryConfig",
+    "MemoryStore",
+    "ProvidedContext",
+    "Turn",
+    "count_tokens",
+]
+
+log = structlog.get_logger(__name__)
+
+BUSY_TIMEOUT_S = 30.0
+"""How long a writer waits for another connection's write lock before giving up."""
+
+CACHED_SESSIONS = 1024
+"""How many sessions' recent buffers stay in memory (least recently used ones are dropped and
+rebuilt from the database when needed again)."""
+
+TOKENS_PER_WORD = 1.3
+"""``count_tokens``' estimate of subword tokens per whitespace-separated word."""
+
+Migration = Callable[[sqlite3.Connection], None]
+"""Brings an open store's tables from one schema version to the next (inside a transaction)."""
+
+
+def count_tokens(text: str) -> int:
+    """Estimates the tokens of ``text``: ``ceil(words * 1.3)``, words split on whitespace.
+
+    A rough, tokenizer-free estimate (English averages about 1.3 subword tokens a word); pass
+    another counter to ``MemoryStore.context_for`` to count with a real tokenizer.
+    """
+    return math.ceil(len(text.split()) * TOKENS_PER_WORD)
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryConfig:
+    """Settings of a ``MemoryStore``.
+
+    Attributes:
+        path: the SQLite file; ``":memory:"`` for a store that lives as long as its object; ``None``
+            for ``MemoryStore.default_path()``.
+        recent_turns: how many turns (user and assistant each count one) the recent buffer holds.
+        recall_k: how many memories ``recall`` returns by default.
+        weights: the salience weights of novelty, surprise, reward and conflict (non-negative, not
+            all zero; they are normalised to sum to 1).
+    """
+
+    path: str | Path | None = None
+    recent_turns: int = 8
+    recall_k: int = 3
+    weights: tuple[float, float, float, float] = (0.3, 0.2, 0.3, 0.2)
+
+    def __post_init__(self) -> None:
+        weights = tuple(self.weights)
+        object.__setattr__(self, "weights", weights)
+        finite = len(weights) == 4 and all(
+            isinstance(w, int | float) and math.isfinite(w) and w >= 0 for w in weights
+        )
+        check_settings(
+            "memory",
+            self,
+            {
+                "recent_turns": isinstance(self.recent_turns, int) and self.recent_turns >= 0,
+                "recall_k": isinstance(self.recall_k, int) and self.recall_k >= 0,
+                "weights": finite and sum(weights) > 0,
+            },
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One message of a conversation, as logged.
+
+    Attributes:
+        id: the turn's row id (increasing in the order turns were written).
+        role: ``user`` or ``assistant``.
+        text: the message, verbatim.
+        experts: the experts that answered the exchange.
+        result_id: the pipeline result of the exchange, when there is one.
+        ts: when it was written (unix seconds).
+    """
+
+    id: int
+    role: str
+    text: str
+    experts: tuple[str, ...]
+    result_id: str | None
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """One remembered exchange, as ``recall`` found it.
+
+    Attributes:
+        id: the memory's row id.
+        session: the session it belongs to.
+        text: the exchange (``user: ...`` and ``assistant: ...`` lines).
+        ts: when it was written (unix seconds).
+        similarity: cosine similarity of its embedding to the recall text.
+        salience: the weighted mean of the four components below, in [0, 1].
+        score: the ranking value, ``similarity * (0.5 + 0.5 * salience)``.
+        novelty: 1 - max cosine similarity to the session's earlier memories.
+        surprise: 1 - the router's confidence for the exchange.
+        reward: the feedback score, ``None`` until feedback arrives (counted as 0.5).
+        conflict: how much the answering experts disagreed.
+    """
+
+    id: int
+    session: str
+    text: str
+    ts: float
+    similarity: float
+    salience: float
+    score: float
+    novelty: float
+    surprise: float
+    reward: float | None
+    conflict: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProvidedContext:
+    """What ``context_for`` gave an expert.
+
+    Attributes:
+        text: the formatted context (empty when nothing fitted).
+        turns: the recent turns in it, oldest first.
+        memories: the memories in it, best first.
+        tokens: the token count of ``text``.
+    """
+
+    text: str
+    turns: tuple[Turn, ...]
+    memories: tuple[Memory, ...]
+    tokens: int
+
+
+def _create_v1(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS turns ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT, session TEXT NOT NULL, ts REAL NOT NULL,"
+        " role TEXT NOT NULL, text TEXT NOT NULL, experts TEXT NOT NULL, result_id TEXT)"
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS turns_session ON turns (session, id)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS memories ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT, session TEXT NOT NULL, ts REAL NOT NULL,"
+        " turn_id INTEGER NOT NULL, result_id TEXT, encoder TEXT NOT NULL, text TEXT NOT NULL,"
+        " embedding BLOB NOT NULL, surprise REAL NOT NULL, novelty REAL NOT NULL, reward REAL,"
+        " conflict REAL NOT NULL, salience REAL NOT NULL)"
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS memories_session ON memories (session)")
+    conn.execute("CREATE INDEX IF NOT EXISTS memories_result ON memories (result_id)")
+
+
+_TURN_COLUMNS = "id, role, text, experts, result_id, ts"
+_MEMORY_COLUMNS = "id, ts, turn_id, text, embedding, novelty, surprise, reward, conflict, salience"
+
+
+def _session(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"session must be a non-empty string, got {value!r}")
+    return value
+
+
+def _unit(value: object, what: str) -> float:
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{what} must be a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= x <= 1.0:  # also rejects NaN
+        raise InvalidInput(f"{what} must be in [0, 1], got {value!r}")
+    return x
+
+
+def _turn(row: tuple[int, str, str, str, str | None, float]) -> Turn:
+    id_, role, text, experts, result_id, ts = row
+    return Turn(int(id_), role, text, tuple(experts.split(",")) if experts else (), result_id, float(ts))
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+class MemoryStore:
+    """Conversation memory of many sessions in one SQLite file, safe to share between threads.
+
+    Args:
+        config: the settings (``MemoryConfig()`` when ``None``).
+        encoder: embeds exchanges and recall texts; needed by ``add_exchange``, ``recall`` and
+            ``context_for`` only, so a store that just reads or forgets transcripts can do without.
+
+    Raises:
+        ConfigError: ``path`` is not a memory store (not SQLite, other tables, or a newer schema
+            version than this code supports).
+        RunError: SQLite failed otherwise (the file cannot be opened, stayed locked, ...).
+
+    Operations on a closed store raise ``RunError``.
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = 1
+    MIGRATIONS: ClassVar[Mapping[int, Migration]] = MappingProxyType({0: _create_v1})
+    """``{version: step}``: each step turns a file at ``version`` into ``version + 1``; version 0 is
+    an empty file. Steps run in order, in one transaction, when an older file is opened."""
+
+    path: str
+
+    def __init__(self, config: MemoryConfig | None = None, *, encoder: Encoder | None = None) -> None:
+        self.config = config or MemoryConfig()
+        self.encoder = encoder
+        self.path = str(self.default_path() if self.config.path is None else self.config.path)
+        total = sum(self.config.weights)
+        self._weights = tuple(w / total for w in self.config.weights)
+        self._lock = threading.Lock()
+        self._buffers: OrderedDict[str, deque[Turn]] = OrderedDict()
+        self._conn = self._connect()
+
+    @staticmethod
+    def default_path() -> Path:
+        """``$MOE_AGENTS_DATA_DIR/memory.sqlite3``, else ``memory.sqlite3`` in the user data folder."""
+        if env := os.environ.get("MOE_AGENTS_DATA_DIR"):
+            return Path(env).expanduser() / "memory.sqlite3"
+        import platformdirs
+
+        return Path(platformdirs.user_data_dir("moe-agents")) / "memory.sqlite3"
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise RunError(f"memory store {self.path}: cannot create its folder: {exc}") from exc
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise RunError(f"memory store {self.path}: cannot open: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            if self._version(conn) != self.SCHEMA_VERSION:
+                self._migrate(conn)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA secure_delete = ON")  # deleted text is zeroed, not left in free pages
+        except ConfigError:
+            conn.close()
+            raise
+        except sqlite3.Error as exc:
+            conn.close()
+            if getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+                raise ConfigError(f"not a memory store: {exc}", path=self.path) from exc
+            raise RunError(f"memory store {self.path}: cannot open: {exc}") from exc
+        return conn
+
+    def _version(self, conn: sqlite3.Connection) -> int:
+        """The file's schema version (0: an empty file)."""
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            return 0
+        if "meta" not in tables:
+            raise ConfigError("not a memory store: a SQLite file with other tables", path=self.path)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        try:
+            return int(row[0])
+        except (TypeError, ValueError):
+            raise ConfigError(
+                "not a memory store: no schema_version in its meta table", path=self.path
+            ) from None
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        with _transaction(conn):
+            start = version = self._version(conn)  # again: another process may have migrated it meanwhile
+            if version > self.SCHEMA_VERSION:
+                raise ConfigError(
+                    f"schema version {version} is newer than this moe-agents supports "
+                    f"({self.SCHEMA_VERSION}); upgrade moe-agents",
+                    path=self.path,
+                )
+            while version < self.SCHEMA_VERSION:
+                step = self.MIGRATIONS.get(version)
+                if step is None:
+                    raise ConfigError(f"no migration from schema version {version}", path=self.path)
+                step(conn)
+                version += 1
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(version),),
+                )
+            if start == 0:
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('created_at', ?)", (repr(time.time()),)
+                )
+        if start == 0:
+            log.info("memory.created", path=self.path, schema_version=version)
+        elif start != version:
+            log.info("memory.migrated", path=self.path, from_version=start, to_version=version)
+
+    @contextmanager
+    def _locked(self, what: str) -> Iterator[sqlite3.Connection]:
+        """The connection, held by this thread; SQLite errors become ``RunError`` naming the file."""
+        with self._lock:
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise RunError(f"memory store {self.path}: {what} failed: {exc}") from exc
+
+    def _buffer(self, conn: sqlite3.Connection, session: str) -> deque[Turn]:
+        """The session's recent buffer, loaded from the log on first use (call with the lock held)."""
+        buffer = self._buffers.get(session)
+        if buffer is not None:
+            self._buffers.move_to_end(session)
+            return buffer
+        n = self.config.recent_turns
+        rows = conn.execute(
+            f"SELECT {_TURN_COLUMNS} FROM turns WHERE session = ? ORDER BY id DESC LIMIT ?", (session, n)
+        ).fetchall()
+        buffer = deque((_turn(row) for row in reversed(rows)), maxlen=n)
+        self._buffers[session] = buffer
+        if len(self._buffers) > CACHED_SESSIONS:
+            self._buffers.popitem(last=False)
+        return buffer
+
+    def _embed(self, text: str) -> np.ndarray:
+        if self.encoder is None:
+            raise ConfigError("this memory store has no encoder: pass MemoryStore(..., encoder=...)")
+        vectors = np.asarray(self.encoder.encode([text]), dtype=np.float32)  # (1, D)
+        if vectors.ndim != 2 or vectors.shape[0] != 1:
+            raise RunError(f"encoder {self.encoder.name} returned shape {vectors.shape} for one text")
+        vector = vectors[0]  # (D,)
+        norm = float(np.linalg.norm(vector))
+        return vector / norm if norm > 0 else vector
+
+    def _salience(self, novelty: float, surprise: float, reward: float | None, conflict: float) -> float:
+        wn, ws, wr, wc = self._weights
+        return wn * novelty + ws * surprise + wr * (0.5 if reward is None else reward) + wc * conflict
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def add_exchange(
+        self,
+        session: str,
+        query: str,
+        answer: str,
+        *,
+        experts: Sequence[str],
+        result_id: str | None = None,
+        confidence: float = 0.5,
+        conflict: float = 0.0,
+    ) -> None:
+        """Logs a user turn and its answer, and remembers the exchange, in one transaction.
+
+        Args:
+            session: the conversation (``Query.session_id``).
+            query: the user's message.
+            answer: the answer given.
+            experts: the experts that answered (names without commas).
+            result_id: the pipeline result, so that ``record_feedback`` can find the exchange.
+            confidence: the router's confidence in its choice, in [0, 1] (surprise is 1 minus it).
+            conflict: whether (or how much, in [0, 1]) the answering experts disagreed.
+
+        Raises:
+            InvalidInput: an empty session, non-string texts, an expert name that is empty or has a
+                comma, or confidence or conflict outside [0, 1].
+            ConfigError: the store has no encoder.
+            RunError: SQLite or the encoder failed; nothing is written.
+        """
+        session = _session(session)
+        if not isinstance(query, str) or not isinstance(answer, str):
+            raise InvalidInput("query and answer must be strings")
+        names = tuple(experts)
+        if any(not isinstance(e, str) or not e or "," in e for e in names):
+            raise InvalidInput(f"expert names must be non-empty strings without commas, got {names!r}")
+        if result_id is not None and not isinstance(result_id, str):
+            raise InvalidInput(f"result_id must be a string, got {result_id!r}")
+        surprise = 1.0 - _unit(confidence, "confidence")
+        conflict = _unit(conflict, "conflict")
+        vector = self._embed(f"{query}\n{answer}")  # outside the lock: encoders are slow
+        assert self.encoder is not None
+        encoder = self.encoder.name
+        ts = time.time()
+        joined = ",".join(names)
+        with self._locked("add_exchange") as conn:
+            with _transaction(conn):
+                earlier = [
+                    np.frombuffer(blob, dtype="<f4")
+                    for (blob,) in conn.execute(
+                        "SELECT embedding FROM memories WHERE session = ? AND encoder = ?", (session, encoder)
+                    )
+                ]
+                earlier = [e for e in earlier if e.shape == vector.shape]
+                similarity = float(np.max(np.stack(earlier) @ vector)) if earlier else 0.0  # (M,) -> max
+                novelty = min(1.0, max(0.0, 1.0 - similarity))
+                turn_ids = [
+                    conn.execute(
+                        "INSERT INTO turns (session, ts, role, text, experts, result_id)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (session, ts, role, text, joined, result_id),
+                    ).lastrowid
+                    for role, text in (("user", query), ("assistant", answer))
+                ]
+                conn.execute(
+                    "INSERT INTO memories (session, ts, turn_id, result_id, encoder, text, embedding,"
+                    " surprise, novelty, reward, conflict, salience)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+                    (
+                        session,
+                        ts,
+                        turn_ids[0],
+                        result_id,
+                        encoder,
+                        f"user: {query}\nassistant: {answer}",
+                        vector.astype("<f4").tobytes(),
+                        surprise,
+                        novelty,
+                        conflict,
+                        self._salience(novelty, surprise, None, conflict),
+                    ),
+                )
+            buffer = self._buffers.get(session)
+            if buffer is not None:  # sessions not cached yet load these rows with the rest
+                for turn_id, role, text in zip(turn_ids, ("user", "assistant"), (query, answer), strict=True):
+                    assert turn_id is not None
+                    buffer.append(Turn(turn_id, role, text, names, result_id, ts))
+        log.debug("memory.added", session=session, novelty=round(novelty, 3), surprise=round(surprise, 3))
+
+    def record_feedback(self, result_id: str, score: float) -> bool:
+        """Sets the reward of the exchange of ``result_id`` to ``score`` and updates its salience.
+
+        Returns:
+            Whether an exchange with that result id was found.
+
+        Raises:
+            InvalidInput: ``score`` outside [0, 1] (or NaN), or an empty result id.
+            RunError: SQLite failed.
+        """
+        if not isinstance(result_id, str) or not result_id:
+            raise InvalidInput(f"result_id must be a non-empty string, got {result_id!r}")
+        reward = _unit(score, "score")
+        wn, ws, wr, wc = self._weights
+        with self._locked("record_feedback") as conn, _transaction(conn):
+            updated = conn.execute(
+                "UPDATE memories SET reward = :reward,"
+                " salience = :wn * novelty + :ws * surprise + :wr * :reward + :wc * conflict"
+                " WHERE result_id = :result_id",
+                {"reward": reward, "wn": wn, "ws": ws, "wr": wr, "wc": wc, "result_id": result_id},
+            ).rowcount
+        return updated > 0
+
+    def forget(self, session: str) -> int:
+        """Deletes a session's turns and memories from the file's bytes, and its recent buffer.
+
+        After the delete, the WAL is checkpointed and truncated, the file is vacuumed and the WAL
+        truncated again; if another connection holds a read snapshot the checkpoint cannot finish
+        and the bytes may linger until it can (logged as ``memory.forget_incomplete``).
+
+        Returns:
+            How many rows (turns and memories) were removed.
+
+        Raises:
+            InvalidInput: an empty session.
+            RunError: SQLite failed.
+        """
+        session = _session(session)
+        with self._locked("forget") as conn:
+            with _transaction(conn):
+                removed = conn.execute("DELETE FROM memories WHERE session = ?", (session,)).rowcount
+                removed += conn.execute("DELETE FROM turns WHERE session = ?", (session,)).rowcount
+            self._buffers.pop(session, None)
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            conn.execute("VACUUM")
+            busy |= conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        if busy:
+            log.warning("memory.forget_incomplete", path=self.path, session=session)
+        log.info("memory.forgotten", path=self.path, session=session, removed=removed)
+        return removed
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def recent(self, session: str) -> list[Turn]:
+        """The session's recent buffer: its last ``recent_turns`` turns, oldest first."""
+        session = _session(session)
+        with self._locked("recent") as conn:
+            return list(self._buffer(conn, session))
+
+    def transcript(self, session: str) -> list[Turn]:
+        """Every turn of the session, oldest first (empty for an unknown session)."""
+        session = _session(session)
+        with self._locked("transcript") as conn:
+            rows = conn.execute(
+                f"SELECT {_TURN_COLUMNS} FROM turns WHERE session = ? ORDER BY id", (session,)
+            ).fetchall()
+        return [_turn(row) for row in rows]
+
+    def sessions(self) -> list[tuple[str, int, float]]:
+        """``(session, turns, last activity)`` of every session, the most recently active first."""
+        with self._locked("sessions") as conn:
+            rows = conn.execute(
+                "SELECT session, COUNT(*), MAX(ts) FROM turns GROUP BY session ORDER BY MAX(ts) DESC, session"
+            ).fetchall()
+        return [(session, int(n), float(ts)) for session, n, ts in rows]
+
+    def recall(self, session: str, text: str, k: int | None = None) -> list[Memory]:
+        """The session's memories most relevant to ``text``, best first.
+
+        Memories are ranked by ``similarity * (0.5 + 0.5 * salience)``; those whose user turn is in
+        the recent buffer, those made by another encoder, and those with no positive similarity
+        are left out.
+
+        Args:
+            session: the conversation.
+            text: what the memories should be relevant to (usually the new query).
+            k: how many to return at most (``config.recall_k`` when ``None``).
+
+        Raises:
+            InvalidInput: an empty session, or a negative ``k``.
+            ConfigError: the store has no encoder.
+            RunError: SQLite or the encoder failed.
+        """
+        session = _session(session)
+        k = self.config.recall_k if k is None else k
+        if not isinstance(k, int) or k < 0:
+            raise InvalidInput(f"k must be an integer >= 0, got {k!r}")
+        if k == 0:
+            return []
+        vector = self._embed(text)  # (D,)
+        assert self.encoder is not None
+        with self._locked("recall") as conn:
+            recent_ids = {turn.id for turn in self._buffer(conn, session)}
+            rows = conn.execute(
+                f"SELECT {_MEMORY_COLUMNS} FROM memories WHERE session = ? AND encoder = ? ORDER BY id",
+                (session, self.encoder.name),
+            ).fetchall()
+        rows = [r for r in rows if r[2] not in recent_ids and len(r[4]) == vector.nbytes]
+        if not rows:
+            return []
+        matrix = np.stack([np.frombuffer(r[4], dtype="<f4") for r in rows])  # (M, D)
+        similarity = matrix @ vector  # (M,)
+        salience = np.array([r[9] for r in rows], dtype=np.float64)  # (M,)
+        score = similarity * (0.5 + 0.5 * salience)  # (M,)
+        best = [i for i in np.argsort(-score, kind="stable") if similarity[i] > 0][:k]
+        return [
+            Memory(
+                id=rows[i][0],
+                session=session,
+                text=rows[i][3],
+                ts=rows[i][1],
+                similarity=float(similarity[i]),
+                salience=float(salience[i]),
+                score=float(score[i]),
+                novelty=rows[i][5],
+                surprise=rows[i][6],
+                reward=rows[i][7],
+                conflict=rows[i][8],
+            )
+            for i in best
+        ]
+
+    def context_for(
+        self,
+        session: str,
+        text: str,
+        budget_tokens: int,
+        *,
+        counter: Callable[[str], int] = count_tokens,
+    ) -> ProvidedContext:
+        """The context to give an expert for ``text``: recent turns, then relevant memories.
+
+        Recent turns come first and the newest are kept when they do not all fit (a turn that does
+        not fit stops the turns: the kept ones are always the last turns, unbroken); then the
+        memories ``recall`` finds are added, best first, each one that still fits. The formatted
+        text never counts more than ``budget_tokens``::
+
+            Earlier in this conversation:
+            user: ...
+            assistant: ...
+
+            Relevant memories:
+            - user: ...
+              assistant: ...
+
+        Args:
+            session: the conversation.
+            text: the new query.
+            budget_tokens: the most tokens the context may take (≥ 0).
+            counter: counts the tokens of a text (``count_tokens`` by default).
+
+        Raises:
+            InvalidInput: an empty session, or a negative budget.
+            ConfigError: the store has no encoder.
+            RunError: SQLite or the encoder failed.
+        """
+        if not isinstance(budget_tokens, int) or budget_tokens < 0:
+            raise InvalidInput(f"budget_tokens must be an integer >= 0, got {budget_tokens!r}")
+        turns = self.recent(session)
+        memories = self.recall(session, text)
+        kept: list[Turn] = []
+        for turn in reversed(turns):
+            if counter(_render([turn, *kept], [])) > budget_tokens:
+                break
+            kept.insert(0, turn)
+        chosen: list[Memory] = []
+        for memory in memories:
+            if counter(_render(kept, [*chosen, memory])) <= budget_tokens:
+                chosen.append(memory)
+        rendered = _render(kept, chosen)
+        return ProvidedContext(rendered, tuple(kept), tuple(chosen), counter(rendered) if rendered else 0)
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Closes the connection (again is fine); the store cannot be used afterwards."""
+        with self._lock:
+            self._buffers.clear()
+            self._conn.close()
+
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"MemoryStore({self.path!r}, recent_turns={self.config.recent_turns})"
+
+
+def _render(turns: Sequence[Turn], memories: Sequence[Memory]) -> str:
+    parts = []
+    if turns:
+        parts.append("Earlier in this conversation:\n" + "\n".join(f"{t.role}: {t.text}" for t in turns))
+    if memories:
+        bullets = ("- " + m.text.replace("\n", "\n  ") for m in memories)
+        parts.append("Relevant memories:\n" + "\n".join(bullets))
+    return "\n\n".join(parts)
