@@ -30,16 +30,13 @@ read the file.
 from __future__ import annotations
 
 import math
-import os
 import sqlite3
-import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import ClassVar
 
 import numpy as np
@@ -47,6 +44,7 @@ import structlog
 
 from .errors import ConfigError, InvalidInput, RunError, check_settings
 from .routing.encoder import Encoder
+from .sqlite import Migration, SQLiteStore, transaction
 
 __all__ = [
     "Memory",
@@ -59,18 +57,12 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-BUSY_TIMEOUT_S = 30.0
-"""How long a writer waits for another connection's write lock before giving up."""
-
 CACHED_SESSIONS = 1024
 """How many sessions' recent buffers stay in memory (least recently used ones are dropped and
 rebuilt from the database when needed again)."""
 
 TOKENS_PER_WORD = 1.3
 """``count_tokens``' estimate of subword tokens per whitespace-separated word."""
-
-Migration = Callable[[sqlite3.Connection], None]
-"""Brings an open store's tables from one schema version to the next (inside a transaction)."""
 
 
 def count_tokens(text: str) -> int:
@@ -230,20 +222,7 @@ def _turn(row: tuple[int, str, str, str, str | None, float]) -> Turn:
     return Turn(int(id_), role, text, tuple(experts.split(",")) if experts else (), result_id, float(ts))
 
 
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
-class MemoryStore:
+class MemoryStore(SQLiteStore):
     """Conversation memory of many sessions in one SQLite file, safe to share between threads.
 
     Args:
@@ -259,6 +238,10 @@ class MemoryStore:
     Operations on a closed store raise ``RunError``.
     """
 
+    KIND: ClassVar[str] = "memory store"
+    EVENT: ClassVar[str] = "memory"
+    FILENAME: ClassVar[str] = "memory.sqlite3"
+    PRAGMAS: ClassVar[tuple[str, ...]] = ("PRAGMA secure_delete = ON",)  # deleted text is zeroed
     SCHEMA_VERSION: ClassVar[int] = 1
     MIGRATIONS: ClassVar[Mapping[int, Migration]] = MappingProxyType({0: _create_v1})
     """``{version: step}``: each step turns a file at ``version`` into ``version + 1``; version 0 is
@@ -269,105 +252,10 @@ class MemoryStore:
     def __init__(self, config: MemoryConfig | None = None, *, encoder: Encoder | None = None) -> None:
         self.config = config or MemoryConfig()
         self.encoder = encoder
-        self.path = str(self.default_path() if self.config.path is None else self.config.path)
         total = sum(self.config.weights)
         self._weights = tuple(w / total for w in self.config.weights)
-        self._lock = threading.Lock()
         self._buffers: OrderedDict[str, deque[Turn]] = OrderedDict()
-        self._conn = self._connect()
-
-    @staticmethod
-    def default_path() -> Path:
-        """``$MOE_AGENTS_DATA_DIR/memory.sqlite3``, else ``memory.sqlite3`` in the user data folder."""
-        if env := os.environ.get("MOE_AGENTS_DATA_DIR"):
-            return Path(env).expanduser() / "memory.sqlite3"
-        import platformdirs
-
-        return Path(platformdirs.user_data_dir("moe-agents")) / "memory.sqlite3"
-
-    # -- opening -------------------------------------------------------------------------------
-
-    def _connect(self) -> sqlite3.Connection:
-        if self.path != ":memory:":
-            try:
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise RunError(f"memory store {self.path}: cannot create its folder: {exc}") from exc
-        try:
-            conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise RunError(f"memory store {self.path}: cannot open: {exc}") from exc
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            if self._version(conn) != self.SCHEMA_VERSION:
-                self._migrate(conn)
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA secure_delete = ON")  # deleted text is zeroed, not left in free pages
-        except ConfigError:
-            conn.close()
-            raise
-        except sqlite3.Error as exc:
-            conn.close()
-            if getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
-                raise ConfigError(f"not a memory store: {exc}", path=self.path) from exc
-            raise RunError(f"memory store {self.path}: cannot open: {exc}") from exc
-        return conn
-
-    def _version(self, conn: sqlite3.Connection) -> int:
-        """The file's schema version (0: an empty file)."""
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if not tables:
-            return 0
-        if "meta" not in tables:
-            raise ConfigError("not a memory store: a SQLite file with other tables", path=self.path)
-        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        try:
-            return int(row[0])
-        except (TypeError, ValueError):
-            raise ConfigError(
-                "not a memory store: no schema_version in its meta table", path=self.path
-            ) from None
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        with _transaction(conn):
-            start = version = self._version(conn)  # again: another process may have migrated it meanwhile
-            if version > self.SCHEMA_VERSION:
-                raise ConfigError(
-                    f"schema version {version} is newer than this moe-agents supports "
-                    f"({self.SCHEMA_VERSION}); upgrade moe-agents",
-                    path=self.path,
-                )
-            while version < self.SCHEMA_VERSION:
-                step = self.MIGRATIONS.get(version)
-                if step is None:
-                    raise ConfigError(f"no migration from schema version {version}", path=self.path)
-                step(conn)
-                version += 1
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
-                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (str(version),),
-                )
-            if start == 0:
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('created_at', ?)", (repr(time.time()),)
-                )
-        if start == 0:
-            log.info("memory.created", path=self.path, schema_version=version)
-        elif start != version:
-            log.info("memory.migrated", path=self.path, from_version=start, to_version=version)
-
-    @contextmanager
-    def _locked(self, what: str) -> Iterator[sqlite3.Connection]:
-        """The connection, held by this thread; SQLite errors become ``RunError`` naming the file."""
-        with self._lock:
-            try:
-                yield self._conn
-            except sqlite3.Error as exc:
-                raise RunError(f"memory store {self.path}: {what} failed: {exc}") from exc
+        self._open(self.config.path)
 
     def _buffer(self, conn: sqlite3.Connection, session: str) -> deque[Turn]:
         """The session's recent buffer, loaded from the log on first use (call with the lock held)."""
@@ -445,7 +333,7 @@ class MemoryStore:
         ts = time.time()
         joined = ",".join(names)
         with self._locked("add_exchange") as conn:
-            with _transaction(conn):
+            with transaction(conn):
                 earlier = [
                     np.frombuffer(blob, dtype="<f4")
                     for (blob,) in conn.execute(
@@ -502,7 +390,7 @@ class MemoryStore:
             raise InvalidInput(f"result_id must be a non-empty string, got {result_id!r}")
         reward = _unit(score, "score")
         wn, ws, wr, wc = self._weights
-        with self._locked("record_feedback") as conn, _transaction(conn):
+        with self._locked("record_feedback") as conn, transaction(conn):
             updated = conn.execute(
                 "UPDATE memories SET reward = :reward,"
                 " salience = :wn * novelty + :ws * surprise + :wr * :reward + :wc * conflict"
@@ -527,7 +415,7 @@ class MemoryStore:
         """
         session = _session(session)
         with self._locked("forget") as conn:
-            with _transaction(conn):
+            with transaction(conn):
                 removed = conn.execute("DELETE FROM memories WHERE session = ?", (session,)).rowcount
                 removed += conn.execute("DELETE FROM turns WHERE session = ?", (session,)).rowcount
             self._buffers.pop(session, None)
@@ -674,17 +562,8 @@ class MemoryStore:
 
     def close(self) -> None:
         """Closes the connection (again is fine); the store cannot be used afterwards."""
-        with self._lock:
-            self._buffers.clear()
-            self._conn.close()
-
-    def __enter__(self) -> MemoryStore:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+        self._buffers.clear()
+        super().close()
 
     def __repr__(self) -> str:
         return f"MemoryStore({self.path!r}, recent_turns={self.config.recent_turns})"

@@ -20,31 +20,23 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import IO, Any, ClassVar, Literal
 
 import numpy as np
 import structlog
 
 from ..errors import ConfigError, InvalidInput, RunError
+from ..sqlite import Migration, SQLiteStore
 
 __all__ = ["POOLED", "Migration", "TrustStat", "TrustStore"]
 
 log = structlog.get_logger(__name__)
-
-BUSY_TIMEOUT_S = 30.0
-"""How long a writer waits for another connection's write lock before giving up."""
-
-Migration = Callable[[sqlite3.Connection], None]
-"""Brings an open store's tables from one schema version to the next (inside a transaction)."""
 
 LOG_FIELDS = ("id", "ts", "expert", "context", "score", "source", "result_id")
 
@@ -126,7 +118,7 @@ def _where(expert: str | None, context: str | None) -> tuple[str, list[str]]:
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
-class TrustStore:
+class TrustStore(SQLiteStore):
     """Per-expert, per-context trust persisted in SQLite, safe for concurrent writers.
 
     Args:
@@ -145,13 +137,14 @@ class TrustStore:
     Operations on a closed store raise ``RunError``.
     """
 
+    KIND: ClassVar[str] = "trust store"
+    EVENT: ClassVar[str] = "trust"
+    FILENAME: ClassVar[str] = "trust.sqlite3"
     SCHEMA_VERSION: ClassVar[int] = 1
     MIGRATIONS: ClassVar[Mapping[int, Migration]] = MappingProxyType({0: _create_v1})
     """``{version: step}``: each step turns a file at ``version`` into ``version + 1``; version 0 is
     an empty file. Steps run in order, in one transaction, when a file older than
     ``SCHEMA_VERSION`` is opened."""
-
-    path: str
 
     def __init__(
         self,
@@ -172,125 +165,15 @@ class TrustStore:
         self.decay = float(decay)
         self.prior = float(prior)
         self.prior_weight = float(prior_weight)
-        self.path = str(self.default_path() if path is None else path)
-        self._lock = threading.Lock()
-        self._conn = self._connect()
+        self._open(path)
 
-    @staticmethod
-    def default_path() -> Path:
-        """``$MOE_AGENTS_DATA_DIR/trust.sqlite3``, else ``trust.sqlite3`` in the user data folder."""
-        if env := os.environ.get("MOE_AGENTS_DATA_DIR"):
-            return Path(env).expanduser() / "trust.sqlite3"
-        import platformdirs
-
-        return Path(platformdirs.user_data_dir("moe-agents")) / "trust.sqlite3"
-
-    def _connect(self) -> sqlite3.Connection:
-        if self.path != ":memory:":
-            try:
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise RunError(f"trust store {self.path}: cannot create its folder: {exc}") from exc
-        try:
-            conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise RunError(f"trust store {self.path}: cannot open: {exc}") from exc
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            if self._version(conn) != self.SCHEMA_VERSION:
-                self._migrate(conn)
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-        except ConfigError:
-            conn.close()
-            raise
-        except sqlite3.Error as exc:
-            conn.close()
-            if getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
-                raise ConfigError(f"not a trust store: {exc}", path=self.path) from exc
-            raise RunError(f"trust store {self.path}: cannot open: {exc}") from exc
-        return conn
-
-    def _version(self, conn: sqlite3.Connection) -> int:
-        """The file's schema version (0: an empty file)."""
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if not tables:
-            return 0
-        if "meta" not in tables:
-            raise ConfigError("not a trust store: a SQLite file with other tables", path=self.path)
-        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        try:
-            return int(row[0])
-        except (TypeError, ValueError):
-            raise ConfigError(
-                "not a trust store: no schema_version in its meta table", path=self.path
-            ) from None
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            start = version = self._version(conn)  # again: another process may have migrated it meanwhile
-            if version > self.SCHEMA_VERSION:
-                raise ConfigError(
-                    f"schema version {version} is newer than this moe-agents supports "
-                    f"({self.SCHEMA_VERSION}); upgrade moe-agents",
-                    path=self.path,
-                )
-            while version < self.SCHEMA_VERSION:
-                step = self.MIGRATIONS.get(version)
-                if step is None:
-                    raise ConfigError(f"no migration from schema version {version}", path=self.path)
-                step(conn)
-                version += 1
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
-                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (str(version),),
-                )
-            if start == 0:
-                created = {
-                    "decay": self.decay,
-                    "prior": self.prior,
-                    "prior_weight": self.prior_weight,
-                    "created_at": time.time(),
-                }
-                conn.executemany(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
-                    [(k, repr(v)) for k, v in created.items()],
-                )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        if start == 0:
-            log.info("trust.created", path=self.path, schema_version=version)
-        elif start != version:
-            log.info("trust.migrated", path=self.path, from_version=start, to_version=version)
-
-    @contextmanager
-    def _locked(self, what: str) -> Iterator[sqlite3.Connection]:
-        """The connection, held by this thread; SQLite errors become ``RunError`` naming the file."""
-        with self._lock:
-            try:
-                yield self._conn
-            except sqlite3.Error as exc:
-                raise RunError(f"trust store {self.path}: {what} failed: {exc}") from exc
-
-    @contextmanager
-    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error."""
-        with self._locked(what) as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+    def _created_meta(self) -> Mapping[str, object]:
+        return {
+            "decay": self.decay,
+            "prior": self.prior,
+            "prior_weight": self.prior_weight,
+            "created_at": time.time(),
+        }
 
     def _trust(self, s: Any, w: Any) -> Any:
         return (s + self.prior * self.prior_weight) / (w + self.prior_weight)
@@ -495,19 +378,6 @@ class TrustStore:
         except OSError as exc:
             raise RunError(f"trust store {self.path}: cannot export to {out}: {exc}") from exc
         return len(rows)
-
-    def close(self) -> None:
-        """Closes the connection (again is fine); the store cannot be used afterwards."""
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> TrustStore:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (
