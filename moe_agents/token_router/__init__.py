@@ -13,6 +13,10 @@ from .metrics import dead_experts as dead_experts
 from .metrics import hit_rate as hit_rate
 from .metrics import load_entropy as load_entropy
 from .metrics import max_vio as max_vio
+from .offload import OffloadHandle as OffloadHandle
+from .offload import OffloadStats as OffloadStats
+from .offload import offload_experts as offload_experts
+from .offload import parameter_bytes as parameter_bytes
 from .patch import PatchHandle as PatchHandle
 from .patch import patch as patch
 from .patch import supported_routers as supported_routers
@@ -26,6 +30,8 @@ __all__ = [
     "CacheStats",
     "ExpertCache",
     "LayerState",
+    "OffloadHandle",
+    "OffloadStats",
     "PatchHandle",
     "Routing",
     "TokenPolicy",
@@ -34,6 +40,8 @@ __all__ = [
     "hit_rate",
     "load_entropy",
     "max_vio",
+    "offload_experts",
+    "parameter_bytes",
     "patch",
     "select_experts",
     "supported_routers",

@@ -16,16 +16,34 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 
 from ..errors import ConfigError, check_settings
 from .metrics import CacheStats
 
-__all__ = ["POLICIES", "ExpertCache", "belady_hit_rate"]
+__all__ = ["POLICIES", "ExpertCache", "ResidencySource", "belady_hit_rate"]
 
 POLICIES = ("lru", "lru+hysteresis", "belady")
 _NEVER = torch.iinfo(torch.int64).max
+
+
+class ResidencySource(Protocol):
+    """What ``patch`` needs of a cache: the resident experts of a layer, and the final choices.
+
+    ``ExpertCache`` (simulation) and ``OffloadHandle`` (real offload) both provide it.
+    """
+
+    @property
+    def num_layers(self) -> int: ...
+
+    @property
+    def num_experts(self) -> int: ...
+
+    def resident_mask(self, layer: int) -> torch.Tensor: ...
+
+    def access(self, layer: int, experts: torch.Tensor) -> tuple[int, int]: ...
 
 
 class ExpertCache:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .cache import ExpertCache
+from .cache import ResidencySource
 from .policy import TokenPolicy
 from .router import LayerState, TokenRouterMixin, routed_class
 
@@ -69,7 +69,7 @@ class PatchHandle:
         originals: list[nn.Module],
         patched: list[nn.Module],
         policy: TokenPolicy,
-        cache: ExpertCache | None,
+        cache: ResidencySource | None,
     ) -> None:
         self._model = model
         self.names = names
@@ -109,7 +109,7 @@ class PatchHandle:
 
 
 def patch(
-    model: nn.Module, policy: TokenPolicy | None = None, cache: ExpertCache | None = None
+    model: nn.Module, policy: TokenPolicy | None = None, cache: ResidencySource | None = None
 ) -> PatchHandle:
     """Replaces the router of every MoE layer of ``model`` by the token router.
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .cache import ExpertCache
+from .cache import ResidencySource
 from .policy import TokenPolicy
 from .selection import select_experts
 
@@ -37,7 +37,7 @@ class LayerState:
 
     layer: int
     policy: TokenPolicy
-    cache: ExpertCache | None = None
+    cache: ResidencySource | None = None
     delta: float = 0.0
     tokens: int = 0
     trust: torch.Tensor | None = None
