@@ -462,6 +462,36 @@ def eval_recorded(
     console.print(f"wrote {out / 'report.json'} and {', '.join(str(p) for p in paths)}")
 
 
+@eval_app.command("token-router")
+def eval_token_router(
+    data: Annotated[Path, typer.Option("--data", help="The shared data folder.")] = Path("../shared/data"),
+    out: Annotated[Path, typer.Option("--out", help="Folder for token_router.json/.png.")] = Path(
+        "benchmarks/out"
+    ),
+    max_minutes: Annotated[float, typer.Option(help="Training wall-time cap (checkpoint cached).")] = 12.0,
+    tokens: Annotated[int, typer.Option(help="Held-out tokens replayed per setting.")] = 2000,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Token router on a tiny Qwen3-MoE trained on GSM8K: expert-cache hit rate vs perplexity."""
+    from .token_router.bench import evaluate_token_router, plot_token_router, train_tiny_moe
+
+    _setup(verbose)
+    try:
+        checkpoint = train_tiny_moe(data, out / "checkpoints", max_minutes=max_minutes)
+        report = evaluate_token_router(checkpoint, data, tokens=tokens)
+    except MoEError as exc:
+        raise _fail(exc) from None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "token_router.json").write_text(json.dumps(report, indent=2))
+    png = plot_token_router(report, out / "token_router.png")
+    targets = report["targets"]
+    for lam, checks in targets.get("per_lambda", {}).items():
+        console.print(
+            f"λ={lam} at C={targets['capacity']}: {'all targets met' if checks['all_met'] else 'NOT met'}"
+        )
+    console.print(f"wrote {out / 'token_router.json'} and {png}")
+
+
 ab_app = typer.Typer(help="A/B tests between variants of an expert (YAML ab_tests:).", no_args_is_help=True)
 app.add_typer(ab_app, name="ab")
 
