@@ -1,0 +1,89 @@
+"""The token-router benchmark end to end on a very small model: train, cache, replay, report, plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from moe_agents.errors import ConfigError
+from moe_agents.token_router.bench import evaluate_token_router, plot_token_router, train_tiny_moe
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+TINY = dict(layers=2, experts=8, top_k=2, hidden=32, steps=20, batch_size=4, max_minutes=0.5)
+
+pytestmark = pytest.mark.skipif(not (DATA / "gsm8k" / "train.jsonl").is_file(), reason="shared data absent")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[dict[str, Any]], dict[str, Any]]:
+    out = tmp_path_factory.mktemp("ckpt")
+    with capture_logs() as first_logs:
+        first = train_tiny_moe(DATA, out, progress=False, **TINY)  # type: ignore[arg-type]
+    with capture_logs() as second_logs:
+        second = train_tiny_moe(DATA, out, progress=False, **TINY)  # type: ignore[arg-type]
+    assert first == second
+    assert [e["event"] for e in first_logs] == ["token_bench.trained"]
+    report = evaluate_token_router(
+        first, DATA, cache_fractions=(0.5,), lambdas=(0.0, 0.4), tokens=150, timing_calls=20, progress=False
+    )
+    return first, out, second_logs, report
+
+
+class TestTokenRouterBench:
+    def test_checkpoint_cached(self, run: tuple[Path, Path, list[dict[str, Any]], dict[str, Any]]) -> None:
+        """The second call with the same settings reuses the checkpoint instead of training."""
+        path, out, second_logs, _ = run
+        assert (path / "train.json").is_file() and path.parent == out
+        assert [e["event"] for e in second_logs] == ["token_bench.checkpoint_reused"]
+        assert len(list(out.iterdir())) == 1
+
+    def test_report_shape_and_ranges(
+        self, run: tuple[Path, Path, list[dict[str, Any]], dict[str, Any]]
+    ) -> None:
+        """The report has both modes, hit rates in [0, 1], and Belady at least plain LRU."""
+        report = run[3]
+        assert report["capacities"] == [4] and report["two_k_capacity"] == 4
+        for mode in ("decode", "prefill"):
+            plain = report[mode]["plain"]["4"]
+            assert set(plain) == {"lru", "lru+hysteresis", "belady"}
+            rates = [plain["lru"]["hit_rate"], plain["belady"]["hit_rate"]] + [
+                r["hit_rate"] for r in report[mode]["ours"]["4"].values()
+            ]
+            assert all(0.0 <= x <= 1.0 for x in rates)
+            assert plain["belady"]["hit_rate"] >= plain["lru"]["hit_rate"]
+            assert report[mode]["plain_ppl"] > 1.0
+        assert report["overhead"]["moe_block_us"] > 0 and "selection_pct_of_moe_block" in report["overhead"]
+        assert set(report["targets"]["per_lambda"]) == {"0.4"}
+
+    def test_lambda_zero_is_plain(self, run: tuple[Path, Path, list[dict[str, Any]], dict[str, Any]]) -> None:
+        """λ = 0 routes exactly like plain top-k: the same LRU hit rate and ΔPPL 0."""
+        report = run[3]
+        for mode in ("decode", "prefill"):
+            ours, plain = report[mode]["ours"]["4"]["0.0"], report[mode]["plain"]["4"]["lru"]
+            assert ours["hit_rate"] == plain["hit_rate"]
+            assert ours["delta_ppl_pct"] == 0.0
+
+    def test_bonus_raises_decode_hit_rate(
+        self, run: tuple[Path, Path, list[dict[str, Any]], dict[str, Any]]
+    ) -> None:
+        """A strong cache bonus (λ = 0.4) hits the cache more often than plain top-k + LRU in decode."""
+        report = run[3]
+        assert (
+            report["decode"]["ours"]["4"]["0.4"]["hit_rate"]
+            > report["decode"]["plain"]["4"]["lru"]["hit_rate"]
+        )
+
+    def test_plot_written(
+        self, run: tuple[Path, Path, list[dict[str, Any]], dict[str, Any]], tmp_path: Path
+    ) -> None:
+        """The Pareto plot is a PNG file."""
+        path = plot_token_router(run[3], tmp_path / "plot.png")
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def test_missing_data_raises(self, tmp_path: Path) -> None:
+        """A data folder without GSM8K raises ConfigError naming the path."""
+        with pytest.raises(ConfigError, match=r"train\.jsonl"):
+            train_tiny_moe(tmp_path, tmp_path, progress=False)
