@@ -161,21 +161,34 @@ def main() -> None:
     parser.add_argument("--max-minutes", type=float, default=12.0, help="training wall-time cap")
     parser.add_argument("--tokens", type=int, default=2000, help="held-out tokens replayed per setting")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--trust-max", type=float, default=0.0, help="bound of the loss-calibrated trust bias (0: off)"
+    )
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(20))
     console = Console(width=160)
     checkpoint = train_tiny_moe(
         args.data, args.out / "checkpoints", seed=args.seed, max_minutes=args.max_minutes
     )
-    report = evaluate_token_router(checkpoint, args.data, tokens=args.tokens)
+    report = evaluate_token_router(checkpoint, args.data, tokens=args.tokens, trust_max=args.trust_max)
     report["command"] = (
         f"python benchmarks/token_router.py --data {args.data} --max-minutes {args.max_minutes} "
-        f"--tokens {args.tokens}"
+        f"--tokens {args.tokens} --trust-max {args.trust_max}"
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "token_router.json").write_text(json.dumps(report, indent=2))
     png = plot_token_router(report, args.out / "token_router.png")
     render(report, console)
+    offload = report.get("offload")
+    if offload:
+        console.print(f"real offload at C={offload.get('capacity')}, λ={offload.get('lambda')}: ", end="")
+        console.print(
+            ", ".join(
+                f"{name} {run['tokens_per_s']:.0f} tok/s"
+                for name, run in offload.items()
+                if isinstance(run, dict) and "tokens_per_s" in run
+            )
+        )
     console.print(f"wrote {args.out / 'token_router.json'} and {png}")
 
 

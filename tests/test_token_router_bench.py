@@ -9,7 +9,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from moe_agents.errors import ConfigError
-from moe_agents.token_router.bench import evaluate_token_router, plot_token_router, train_tiny_moe
+from moe_agents.token_router.bench import (
+    evaluate_token_router,
+    offload_speed,
+    plot_token_router,
+    train_tiny_moe,
+)
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 TINY = dict(layers=2, experts=8, top_k=2, hidden=32, steps=20, batch_size=4, max_minutes=0.5)
@@ -27,8 +32,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[dict
     assert first == second
     assert [e["event"] for e in first_logs] == ["token_bench.trained"]
     report = evaluate_token_router(
-        first, DATA, cache_fractions=(0.5,), lambdas=(0.0, 0.4), tokens=150, timing_calls=20, progress=False
-    )
+        first, DATA, cache_fractions=(0.5,), lambdas=(0.0, 0.4), tokens=150, timing_calls=20, progress=False,
+        offload_tokens=6, trust_max=1.0, calibration_tokens=200,
+    )  # fmt: skip
     return first, out, second_logs, report
 
 
@@ -75,6 +81,38 @@ class TestTokenRouterBench:
             report["decode"]["ours"]["4"]["0.4"]["hit_rate"]
             > report["decode"]["plain"]["4"]["lru"]["hit_rate"]
         )
+
+    def test_offload_speed_reported(
+        self, run: tuple[Path, Path, list[dict[str, Any]], dict[str, Any]]
+    ) -> None:
+        """The real-offload decode run reports tokens/s for all three settings and the target verdict."""
+        report = run[3]
+        off = report["offload"]
+        assert off["capacity"] == 4 and off["tokens"] == 6 and off["lambda"] == 0.4
+        for name in ("resident", "plain", "ours"):
+            assert off[name]["tokens_per_s"] > 0
+        for name in ("plain", "ours"):
+            assert 0.0 <= off[name]["hit_rate"] <= 1.0 and off[name]["bytes_copied"] >= 0
+            assert off[name]["hits"] + off[name]["misses"] == 6 * report["model"]["layers"] * 2
+        verdict = report["targets"]["offload_decode_tokens_per_s"]
+        assert verdict["verdict"] in {"met", "NOT met"} and verdict["met"] == (verdict["verdict"] == "met")
+
+    def test_trust_row(self, run: tuple[Path, Path, list[dict[str, Any]], dict[str, Any]]) -> None:
+        """With trust_max > 0 each mode has an "ours λ=x + trust" row calibrated on train text."""
+        report = run[3]
+        assert report["trust_calibration"]["split"] == "gsm8k train"
+        assert report["trust_calibration"]["tokens"] <= 200
+        for mode in ("decode", "prefill"):
+            row = report[mode]["trust"]
+            assert row["label"] == "ours λ=0.4 + trust" and row["trust_max"] == 1.0
+            assert 0.0 <= row["hit_rate"] <= 1.0 and row["ppl"] > 1.0
+
+    def test_offload_speed_rejects_zero_tokens(
+        self, run: tuple[Path, Path, list[dict[str, Any]], dict[str, Any]]
+    ) -> None:
+        """offload_speed needs at least one token."""
+        with pytest.raises(ConfigError, match="tokens=0"):
+            offload_speed(run[0], DATA, capacity=4, lam=0.1, protect_top_j=1, tokens=0)
 
     def test_plot_written(
         self, run: tuple[Path, Path, list[dict[str, Any]], dict[str, Any]], tmp_path: Path

@@ -8,6 +8,7 @@ from __future__ import annotations
 from .cache import POLICIES as POLICIES
 from .cache import ExpertCache as ExpertCache
 from .cache import belady_hit_rate as belady_hit_rate
+from .calibrate import calibrate_trust as calibrate_trust
 from .metrics import CacheStats as CacheStats
 from .metrics import dead_experts as dead_experts
 from .metrics import hit_rate as hit_rate
@@ -36,6 +37,7 @@ __all__ = [
     "Routing",
     "TokenPolicy",
     "belady_hit_rate",
+    "calibrate_trust",
     "dead_experts",
     "hit_rate",
     "load_entropy",

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,11 +28,13 @@ from torch import nn
 
 from ..errors import ConfigError
 from .cache import ExpertCache, belady_hit_rate
+from .calibrate import calibrate_trust
 from .metrics import CacheStats
+from .offload import OffloadHandle, OffloadStats, offload_experts
 from .patch import patch
 from .policy import TokenPolicy
 
-__all__ = ["evaluate_token_router", "plot_token_router", "targets", "train_tiny_moe"]
+__all__ = ["evaluate_token_router", "offload_speed", "plot_token_router", "targets", "train_tiny_moe"]
 
 log = structlog.get_logger(__name__)
 
@@ -315,6 +318,145 @@ def _overhead(model: Any, policy: TokenPolicy, capacity: int, number: int) -> di
     return result
 
 
+@torch.no_grad()
+def _greedy(
+    model: nn.Module, prompt: torch.Tensor, tokens: int, on_start: Callable[[], object] | None = None
+) -> float:
+    """Seconds to greedy-decode ``tokens`` tokens (one forward each, KV cache) after ``prompt`` ``(1, P)``.
+
+    The prompt's prefill is not timed; ``on_start`` is called after it, just before the clock starts.
+    """
+    out = model(input_ids=prompt, use_cache=True)
+    past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)  # (1, 1)
+    if on_start is not None:
+        on_start()
+    start = time.perf_counter()
+    for _ in range(tokens):
+        out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    return time.perf_counter() - start
+
+
+def _append_stats(marks: list[OffloadStats], handle: OffloadHandle) -> None:
+    marks.append(handle.stats())
+
+
+def _stats_delta(after: OffloadStats, before: OffloadStats) -> dict[str, float]:
+    hits, misses = after.hits - before.hits, after.misses - before.misses
+    return {
+        "hit_rate": hits / max(1, hits + misses),
+        "hits": hits,
+        "misses": misses,
+        "bytes_copied": after.bytes_copied - before.bytes_copied,
+        "copy_seconds": after.copy_seconds - before.copy_seconds,
+    }
+
+
+def offload_speed(
+    model_path: Path,
+    data_dir: Path,
+    *,
+    capacity: int,
+    lam: float,
+    protect_top_j: int,
+    tokens: int = 200,
+    prompt_tokens: int = 32,
+    warmup_tokens: int = 8,
+    model: nn.Module | None = None,
+) -> dict[str, Any]:
+    """Real-offload greedy decode speed: resident model vs offloaded plain top-k vs offloaded token router.
+
+    The same held-out prompt (the first GSM8K test problem's first ``prompt_tokens`` byte tokens) is
+    greedy-decoded for ``tokens`` tokens, one token per forward with a KV cache (the prompt's prefill is
+    neither timed nor counted), (a) by the fully resident
+    model, (b) with experts offloaded at ``capacity`` resident slots per layer and plain top-k, and (c)
+    offloaded and patched with ``TokenPolicy(lam, protect_top_j)`` whose residency is the real slots. A
+    warm-up decode of ``warmup_tokens`` (not timed, not counted) precedes each timed run; the model is
+    restored after each setting.
+
+    Args:
+        model_path: a checkpoint from ``train_tiny_moe``.
+        data_dir: the shared data folder (reads ``gsm8k/test.jsonl``).
+        capacity: resident experts per layer.
+        lam: the token router's cache bonus λ.
+        protect_top_j: the model's own top-J picks never displaced.
+        tokens: decoded tokens per timed run.
+        prompt_tokens: prompt length.
+        warmup_tokens: tokens of the untimed warm-up decode.
+        model: the loaded model, to skip loading ``model_path`` again.
+
+    Returns:
+        ``resident``, ``plain`` and ``ours`` rows (``tokens_per_s``, ``seconds``; the offloaded ones also
+        ``hit_rate``, ``hits``, ``misses``, ``bytes_copied``, ``copy_seconds`` of the timed run), the
+        settings, and ``speedup_ours_vs_plain``.
+
+    Raises:
+        ConfigError: ``tokens`` < 1, or the capacity does not fit the model.
+    """
+    if tokens < 1:
+        raise ConfigError(f"tokens={tokens} must be at least 1")
+    if model is None:
+        from transformers import Qwen3MoeForCausalLM
+
+        model = Qwen3MoeForCausalLM.from_pretrained(model_path)
+    model.eval()
+    prompt = torch.tensor(encode(_gsm8k(data_dir, "test", limit=1)[0])[:prompt_tokens]).unsqueeze(0)
+    policy = TokenPolicy(lam=lam, protect_top_j=protect_top_j)
+    report: dict[str, Any] = {
+        "capacity": capacity, "lambda": lam, "protect_top_j": protect_top_j, "tokens": tokens,
+        "prompt_tokens": prompt.shape[1], "warmup_tokens": warmup_tokens,
+    }  # fmt: skip
+    _greedy(model, prompt, warmup_tokens)
+    seconds = _greedy(model, prompt, tokens)
+    report["resident"] = {"tokens_per_s": tokens / seconds, "seconds": seconds}
+    with tempfile.TemporaryDirectory(prefix="moe-offload-") as folder:
+        for name in ("plain", "ours"):
+            with offload_experts(model, folder, capacity) as handle:
+                routed = patch(model, policy, cache=handle) if name == "ours" else None
+                try:
+                    _greedy(model, prompt, warmup_tokens)
+                    marks: list[OffloadStats] = []
+                    mark = functools.partial(_append_stats, marks, handle)
+                    seconds = _greedy(model, prompt, tokens, on_start=mark)
+                    row = _stats_delta(handle.stats(), marks[0])
+                finally:
+                    if routed is not None:
+                        routed.unpatch()
+            report[name] = {"tokens_per_s": tokens / seconds, "seconds": seconds, **row}
+    report["speedup_ours_vs_plain"] = report["ours"]["tokens_per_s"] / report["plain"]["tokens_per_s"]
+    log.info(
+        "token_bench.offload_speed",
+        resident=round(report["resident"]["tokens_per_s"], 1),
+        plain=round(report["plain"]["tokens_per_s"], 1),
+        ours=round(report["ours"]["tokens_per_s"], 1),
+    )
+    return report
+
+
+def _best_lambda(report: dict[str, Any], lambdas: Sequence[float]) -> float:
+    """The λ > 0 with the best 2k-cache hit rate whose ΔPPL ≤ 1 % (decode if measured), else 0.1."""
+    mode = next((m for m in ("decode", "prefill") if m in report), None)
+    rows = {} if mode is None else report[mode]["ours"].get(str(report["two_k_capacity"]), {})
+    ok = [
+        (rows[str(lam)]["hit_rate"], lam)
+        for lam in lambdas
+        if lam > 0 and str(lam) in rows and rows[str(lam)]["delta_ppl_pct"] <= 1.0
+    ]
+    return max(ok)[1] if ok else 0.1
+
+
+def _calibration_batches(data_dir: Path, tokens: int) -> list[torch.Tensor]:
+    """GSM8K *train* texts (from the first), cut to ``SEQ_LEN`` and ``tokens`` byte tokens in all."""
+    batches, total = [], 0
+    for text in _gsm8k(data_dir, "train"):
+        ids = encode(text)[: min(SEQ_LEN, tokens - total)]
+        if len(ids) < 2:
+            break
+        batches.append(torch.tensor(ids, dtype=torch.long).unsqueeze(0))
+        total += len(ids)
+    return batches
+
+
 def evaluate_token_router(
     model_path: Path,
     data_dir: Path,
@@ -325,6 +467,9 @@ def evaluate_token_router(
     tokens: int = 2000,
     modes: Sequence[str] = ("decode", "prefill"),
     timing_calls: int = 200,
+    offload_tokens: int = 200,
+    trust_max: float = 0.0,
+    calibration_tokens: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Replays held-out GSM8K test text through plain top-k and the token router, with expert caches.
@@ -343,11 +488,17 @@ def evaluate_token_router(
         tokens: held-out byte tokens replayed per setting.
         modes: ``"decode"`` (one token per forward, KV cache) and/or ``"prefill"`` (whole texts).
         timing_calls: router/MoE-block calls per timing run.
+        offload_tokens: tokens greedy-decoded per setting of the real-offload speed run (``offload_speed``
+            at the 2k capacity and the λ with the best hit rate whose ΔPPL ≤ 1 %, else λ = 0.1); 0 skips it.
+        trust_max: when > 0, per-expert trust is calibrated on GSM8K *train* text (``calibrate_trust``) and
+            an extra row "ours λ=x + trust" (2k capacity, the same λ) is replayed per mode.
+        calibration_tokens: train byte tokens for the trust calibration (default ``tokens``).
         progress: show a progress bar on stderr.
 
     Returns:
         A JSON-ready report: ``model``, ``capacities``, per mode the ``plain`` rows (per capacity and
-        cache policy) and ``ours`` rows (per capacity and λ), ``overhead`` and ``targets``.
+        cache policy), ``ours`` rows (per capacity and λ) and, with trust, a ``trust`` row; ``overhead``,
+        ``offload`` (unless skipped) and ``targets``.
     """
     from transformers import Qwen3MoeForCausalLM
 
@@ -418,8 +569,52 @@ def evaluate_token_router(
         timing_calls,
     )
     report["overhead"]["lambda"] = lam_for_timing
+    chosen = _best_lambda(report, lambdas)
+    cap2k = report["two_k_capacity"]
+    if trust_max > 0:
+        report["trust_calibration"] = _trust_rows(
+            model, report, docs, _calibration_batches(data_dir, calibration_tokens or tokens), modes,
+            TokenPolicy(lam=chosen, protect_top_j=protect_top_j, trust_max=trust_max),
+        )  # fmt: skip
+    if offload_tokens > 0:
+        report["offload"] = offload_speed(
+            model_path, data_dir, capacity=cap2k, lam=chosen, protect_top_j=protect_top_j,
+            tokens=offload_tokens, model=model,
+        )  # fmt: skip
     report["targets"] = targets(report)
     return report
+
+
+def _trust_rows(
+    model: Any,
+    report: dict[str, Any],
+    docs: Sequence[torch.Tensor],
+    batches: list[torch.Tensor],
+    modes: Sequence[str],
+    policy: TokenPolicy,
+) -> dict[str, Any]:
+    """Calibrates trust (plain routing) on ``batches``, then replays ``policy`` with it at the 2k cache."""
+    cfg = model.config
+    layers, num_experts, cap = cfg.num_hidden_layers, cfg.num_experts, report["two_k_capacity"]
+    with patch(model, TokenPolicy()) as handle:
+        trust = calibrate_trust(model, handle, batches)
+    for mode in modes:
+        cache = ExpertCache(layers, num_experts, cap, "lru")
+        with patch(model, policy, cache) as handle:
+            for layer, t in enumerate(trust):
+                handle.set_trust(layer, t)
+            nll, count = _replay(model, docs, mode)
+        ppl = math.exp(nll / count)
+        report[mode]["trust"] = {
+            "label": f"ours λ={policy.lam} + trust", "lambda": policy.lam, "trust_max": policy.trust_max,
+            "capacity": cap, **_cache_row(cache.stats()), "ppl": ppl,
+            "delta_ppl_pct": 100 * (ppl / report[mode]["plain_ppl"] - 1),
+        }  # fmt: skip
+    return {
+        "split": "gsm8k train", "tokens": sum(b.numel() for b in batches), "documents": len(batches),
+        "trust_max": policy.trust_max, "lambda": policy.lam,
+        "trust_abs_max_per_layer": [float(t.abs().max()) for t in trust],
+    }  # fmt: skip
 
 
 def targets(report: dict[str, Any], mode: str = "decode") -> dict[str, Any]:
@@ -455,6 +650,15 @@ def targets(report: dict[str, Any], mode: str = "decode") -> dict[str, Any]:
     if "overhead" in report:
         pct = report["overhead"]["selection_pct_of_moe_block"]
         out["overhead"] = {"value": pct, "bound": "<= 5.0", "met": pct <= 5.0}
+    if "offload" in report:
+        off = report["offload"]
+        met = off["ours"]["tokens_per_s"] > off["plain"]["tokens_per_s"]
+        out["offload_decode_tokens_per_s"] = {
+            "target": "real-offload decode tokens/s higher than plain",
+            "value": off["ours"]["tokens_per_s"], "plain": off["plain"]["tokens_per_s"],
+            "lambda": off["lambda"], "capacity": off["capacity"], "met": met,
+            "verdict": "met" if met else "NOT met",
+        }  # fmt: skip
     return out
 
 
