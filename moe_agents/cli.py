@@ -563,6 +563,11 @@ class ExportFormat(StrEnum):
     CSV = "csv"
 
 
+def _when(ts: float) -> str:
+    """A unix time as local date and time."""
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _trust_store(path: Path) -> TrustStore:
     """Opens the store at ``path``; a missing file reads as an empty store and is not created."""
     try:
@@ -600,8 +605,7 @@ def trust_show(
         return
     table = Table("expert", "context", "trust", "evidence", "updated", box=None)
     for s in stats:
-        updated = datetime.fromtimestamp(s.updated_at).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(s.expert, s.context, f"{s.trust:.3f}", str(s.evidence), updated)
+        table.add_row(s.expert, s.context, f"{s.trust:.3f}", str(s.evidence), _when(s.updated_at))
     console.print(table)
 
 
@@ -674,10 +678,6 @@ def _memory_store(path: Path) -> MemoryStore:
         return MemoryStore(MemoryConfig(path=path if path.exists() else ":memory:"))
     except MoEError as exc:
         raise _fail(exc) from None
-
-
-def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _turn_dict(turn: Turn) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from .inputs import InputLimits, check_query
 from .management.events import EventBus
 from .management.manager import ManagementConfig, Manager
 from .management.ranking import ExpertRank, RankingWeights, rank_experts
-from .memory import MemoryStore
+from .memory import MemoryStore, ProvidedContext
 from .reliability import GuardedBackend
 from .routing.permission import Preset
 from .routing.router import Router
@@ -63,6 +63,7 @@ class _Run:
     limiters: Mapping[str, anyio.CapacityLimiter]
     answers: dict[str, Answer] = field(default_factory=dict)
     context: dict[str, dict[str, Any]] = field(default_factory=dict)
+    provided: dict[tuple[str, int], ProvidedContext] = field(default_factory=dict)  # (text, budget)
     errors: dict[str, RunError] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
@@ -426,11 +427,10 @@ class Pipeline:
                 "pipeline.budget_exhausted", session=session, spent=self.budgets.spent(session).to_dict()
             )
         while True:
+            excluded = self._excluded()  # once per attempt: the same view for routing and the notes
+            active = [e for name, e in self._experts.items() if name not in excluded]
             try:
-                selection = await self.router.route(
-                    query, self.active_experts(), preset=preset, allowed=allowed
-                )
-                excluded = self._excluded()
+                selection = await self.router.route(query, active, preset=preset, allowed=allowed)
                 if not excluded:
                     return selection
                 notes = {n: ExpertScore(note=why) for n, why in excluded.items()}
@@ -653,9 +653,12 @@ class Pipeline:
         memory, session = self.memory, query.session_id
         if memory is None or session is None or expert.context_tokens <= 0:
             return query
-        provided = await anyio.to_thread.run_sync(
-            memory.context_for, session, query.text, expert.context_tokens
-        )
+        key = (query.text, expert.context_tokens)  # experts with the same budget share one recall
+        provided = run.provided.get(key)
+        if provided is None:
+            provided = run.provided[key] = await anyio.to_thread.run_sync(
+                memory.context_for, session, query.text, expert.context_tokens
+            )
         run.context[expert.name] = {
             "tokens": provided.tokens,
             "turns": len(provided.turns),

@@ -203,8 +203,8 @@ def select(
     notes: dict[int, str] = {}
 
     explore = cfg.epsilon > 0 and preset is not Preset.CRISIS
-    if explore and (rng if rng is not None else np.random.default_rng()).random() < cfg.epsilon:
-        gen = rng if rng is not None else np.random.default_rng()
+    gen = (rng if rng is not None else np.random.default_rng()) if explore else None
+    if gen is not None and gen.random() < cfg.epsilon:
         chosen = [int(i) for i in gen.permutation(np.flatnonzero(allowed))[:k]]
         mode = "exploration"
     elif mode == "trust_driven" and c.profiles is not None and c.trust is not None:

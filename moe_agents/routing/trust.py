@@ -31,7 +31,7 @@ from typing import IO, Any, ClassVar, Literal
 import numpy as np
 import structlog
 
-from ..errors import ConfigError, InvalidInput, RunError
+from ..errors import InvalidInput, RunError, check_settings
 from ..sqlite import Migration, SQLiteStore
 
 __all__ = ["POOLED", "Migration", "TrustStat", "TrustStore"]
@@ -154,14 +154,13 @@ class TrustStore(SQLiteStore):
         prior: float = 0.5,
         prior_weight: float = 1.0,
     ) -> None:
-        checks = {
-            f"decay={decay!r}": 0.0 < decay <= 1.0,
-            f"prior={prior!r}": 0.0 <= prior <= 1.0,
-            f"prior_weight={prior_weight!r}": prior_weight >= 0.0,
+        self.decay, self.prior, self.prior_weight = decay, prior, prior_weight  # as given, for the message
+        checks = {  # NaN fails every check
+            "decay": 0.0 < decay <= 1.0,
+            "prior": 0.0 <= prior <= 1.0,
+            "prior_weight": prior_weight >= 0.0,
         }
-        bad = [name for name, ok in checks.items() if not ok]  # NaN fails every check
-        if bad:
-            raise ConfigError(f"invalid trust settings: {', '.join(bad)}")
+        check_settings("trust", self, checks)
         self.decay = float(decay)
         self.prior = float(prior)
         self.prior_weight = float(prior_weight)
