@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tiny_models import bundled_tokenizer, decoder_sizes
 
 from moe_agents.backends import GenerationSettings, TransformersBackend
 from moe_agents.backends.specs import TransformersSpec
 from moe_agents.errors import BackendError, ConfigError
-from moe_agents.resources import BUNDLED_ENCODER, resolve_path
 
 pytestmark = [
     # peft's PeftModel.from_pretrained calls a transformers method deprecated in 5.x
@@ -48,22 +48,12 @@ def adapted(tmp_path_factory: pytest.TempPathFactory) -> Adapted:
     """A 2-layer Qwen2 with seeded weights and a rank-2 LoRA on q/v with seeded, non-zero weights."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_path(BUNDLED_ENCODER))
+    tokenizer = bundled_tokenizer()
     tokenizer.chat_template = TEMPLATE
     torch.manual_seed(0)
-    config = Qwen2Config(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = Qwen2Config(**decoder_sizes(tokenizer))
     root = tmp_path_factory.mktemp("tiny-qwen2")
     base = Qwen2ForCausalLM(config)
     base.save_pretrained(root / "model")
@@ -86,7 +76,6 @@ def llava(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bundled WordPiece tokenizer plus an ``<image>`` token."""
     import torch
     from transformers import (
-        AutoTokenizer,
         CLIPImageProcessor,
         CLIPVisionConfig,
         LlamaConfig,
@@ -95,7 +84,7 @@ def llava(tmp_path_factory: pytest.TempPathFactory) -> Path:
         LlavaProcessor,
     )
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_path(BUNDLED_ENCODER))
+    tokenizer = bundled_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
     tokenizer.chat_template = TEMPLATE
     processor = LlavaProcessor(
@@ -117,17 +106,7 @@ def llava(tmp_path_factory: pytest.TempPathFactory) -> Path:
             patch_size=14,
             projection_dim=16,
         ),
-        text_config=LlamaConfig(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=64,
-            vocab_size=len(tokenizer),
-            bos_token_id=tokenizer.cls_token_id,
-            eos_token_id=tokenizer.sep_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
+        text_config=LlamaConfig(**decoder_sizes(tokenizer)),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-1,
     )

@@ -12,11 +12,11 @@ import anyio
 import anyio.from_thread
 import pytest
 from structlog.testing import capture_logs
+from tiny_models import bundled_tokenizer, decoder_sizes
 
 from moe_agents import Pipeline
 from moe_agents.backends import Backend, Completion, GenerationSettings, TransformersBackend
 from moe_agents.errors import BackendError, ConfigError
-from moe_agents.resources import BUNDLED_ENCODER, resolve_path
 
 HELLO = [{"role": "user", "content": "hello"}]
 TEMPLATE = (
@@ -46,22 +46,11 @@ class TinyModel:
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     """A 2-layer Llama with seeded random weights and the bundled encoder's WordPiece tokenizer."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_path(BUNDLED_ENCODER))
+    tokenizer = bundled_tokenizer()
     torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = LlamaConfig(**decoder_sizes(tokenizer, max_position_embeddings=2048))
     model = LlamaForCausalLM(config)
     root = tmp_path_factory.mktemp("tiny-llama")
     paths = []

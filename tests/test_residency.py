@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
+from tiny_models import bundled_tokenizer, decoder_sizes
 
 from moe_agents.backends import GenerationSettings, TransformersBackend
 from moe_agents.errors import ConfigError, RunError
 from moe_agents.evaluation.residency_trace import DEFAULT_ZOO, plot_residency, residency_trace
 from moe_agents.residency import BLOCKED_COST_S, GB, Residency, ResidencyConfig
-from moe_agents.resources import BUNDLED_ENCODER, resolve_path
 
 
 @dataclass
@@ -400,22 +400,11 @@ class TestLruAndMetrics:
 def tiny_llamas(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], int]:
     """Two saved 2-layer Llamas with seeded random weights; their folders and size in bytes."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_path(BUNDLED_ENCODER))
+    tokenizer = bundled_tokenizer()
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
-    config = LlamaConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = LlamaConfig(**decoder_sizes(tokenizer, max_position_embeddings=1024))
     paths = []
     for seed in (0, 1):
         torch.manual_seed(seed)
