@@ -468,28 +468,36 @@ def eval_token_router(
     out: Annotated[Path, typer.Option("--out", help="Folder for token_router.json/.png.")] = Path(
         "benchmarks/out"
     ),
-    max_minutes: Annotated[float, typer.Option(help="Training wall-time cap (checkpoint cached).")] = 12.0,
+    max_minutes: Annotated[float, typer.Option(help="Training wall-time cap (checkpoint cached).")] = 10.0,
+    seed: Annotated[int, typer.Option(help="Seed of the trained model.")] = 0,
     tokens: Annotated[int, typer.Option(help="Held-out tokens replayed per setting.")] = 2000,
+    trust_max: Annotated[float, typer.Option(help="Bound of the loss-calibrated trust bias (0: off).")] = 0.0,
+    deployment: Annotated[
+        bool, typer.Option(help="Also time the selection on a Qwen3-Omni-30B-A3B-sized MoE layer (2.4 GB).")
+    ] = True,
     verbose: VerboseOpt = False,
 ) -> None:
     """Token router on a tiny Qwen3-MoE trained on GSM8K: expert-cache hit rate vs perplexity."""
-    from .token_router.bench import evaluate_token_router, plot_token_router, train_tiny_moe
+    from .token_router.bench import run_token_router_benchmark
+    from .token_router.bench_report import render_token_router
 
     _setup(verbose)
     try:
-        checkpoint = train_tiny_moe(data, out / "checkpoints", max_minutes=max_minutes)
-        report = evaluate_token_router(checkpoint, data, tokens=tokens)
+        report, path, png = run_token_router_benchmark(
+            data,
+            out,
+            max_minutes=max_minutes,
+            seed=seed,
+            tokens=tokens,
+            trust_max=trust_max,
+            deployment=deployment,
+        )
     except MoEError as exc:
         raise _fail(exc) from None
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "token_router.json").write_text(json.dumps(report, indent=2))
-    png = plot_token_router(report, out / "token_router.png")
-    targets = report["targets"]
-    for lam, checks in targets.get("per_lambda", {}).items():
-        console.print(
-            f"λ={lam} at C={targets['capacity']}: {'all targets met' if checks['all_met'] else 'NOT met'}"
-        )
-    console.print(f"wrote {out / 'token_router.json'} and {png}")
+    console.width = max(console.width, 160)
+    for renderable in render_token_router(report):
+        console.print(renderable)
+    console.print(f"wrote {path} and {png}")
 
 
 ab_app = typer.Typer(help="A/B tests between variants of an expert (YAML ab_tests:).", no_args_is_help=True)

@@ -9,6 +9,7 @@ The format (every section optional except ``experts``)::
     experts:
       - {name: coding, kind: coding, backends: [local], max_load: 2, timeout_s: 120}
       - {name: knowledge, kind: knowledge, backends: [local], documents: [{path: docs/faq.md}]}
+      - {name: epistemic, kind: epistemic, backends: [local], adapter: adapters/introspective}
     trust:                            # optional: persistent trust, trust-first ranking, budgets
       path: ~/.local/share/moe-agents/trust.sqlite3   # default: the user data folder; or ":memory:"
       min_evidence: 3, epsilon: 0.0, low_trust_threshold: 0.3, hysteresis: 0.2, cost_weight: 1.0
@@ -31,7 +32,9 @@ Every backend also takes ``retry: {attempts, initial_s, max_s, jitter_s}`` and
       - {name: prompt-v2, control: coding, treatment: coding-v2, fraction: 0.2}
 
 Experts may set ``price:`` (cost per call, in the budget's unit) and ``scorer:`` (a registered
-automatic quality check such as ``python_parses``).
+automatic quality check such as ``python_parses``); an epistemic expert may set ``adapter:`` (a
+LoRA folder its local ``transformers`` backends apply). Model and adapter folders are relative to
+the YAML file when they exist there.
 
 Strings may contain ``${ENV_VAR}`` or ``${ENV_VAR:-default}``; a missing variable is an error.
 """
@@ -293,6 +296,7 @@ class ExpertSpec(_Spec):
     price: float = Field(default=0.0, ge=0.0)
     scorer: str | None = None
     context_tokens: int | None = Field(default=None, ge=0)
+    adapter: str | None = None
     options: dict[str, Any] = {}
 
 
@@ -418,6 +422,10 @@ class _Builder:
                 swap_budget_s=r.swap_budget_s,
             )
         )
+
+    def local(self, path: str) -> str:
+        """``path`` relative to the YAML file when it exists there, else as written."""
+        return str(self.base / path) if path.strip() and (self.base / path).exists() else path
 
     def error(self, message: str, loc: Loc) -> ConfigError:
         return ConfigError(message, path=self.path, line=_line(self.lines, loc), key=_dotted(loc))
@@ -623,9 +631,9 @@ class _Builder:
             spec = kind.spec.model_validate(options)
         except ValidationError as exc:
             raise _config_error(exc, self.path, self.lines, dict(raw), loc) from exc
-        model = getattr(spec, "model", None)
-        if kind_name == "transformers" and isinstance(model, str) and (self.base / model).exists():
-            spec = spec.model_copy(update={"model": str(self.base / model)})  # relative to the YAML file
+        if kind_name == "transformers":
+            paths = {k: getattr(spec, k, None) for k in ("model", "adapter")}
+            spec = spec.model_copy(update={k: self.local(v) for k, v in paths.items() if isinstance(v, str)})
         key = spec.model_dump_json() + guard_spec.model_dump_json()
         if key not in self.by_spec:  # identical specs share one backend (one model load)
             try:
@@ -664,6 +672,8 @@ class _Builder:
             kwargs["price"] = spec.price
         if spec.context_tokens is not None:
             kwargs["context_tokens"] = spec.context_tokens
+        if spec.adapter is not None:
+            kwargs["adapter"] = self.local(spec.adapter)
         if spec.scorer is not None:
             try:
                 kwargs["scorer"] = self.registry.scorers.get(spec.scorer)

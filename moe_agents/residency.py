@@ -215,7 +215,8 @@ class Residency:
         self._measured_s = 0.0
 
     def register(self, model: Model, *, size_bytes: int | None = None) -> None:
-        """Adds a model; one already loaded counts as resident at once.
+        """Adds a model; one already loaded counts as resident at once. Registering the same model
+        object again does nothing.
 
         Args:
             model: the model; its ``name`` must be unique here.
@@ -227,6 +228,8 @@ class Residency:
                 exceeds the budget, or it is loaded already and does not fit.
         """
         name = model.name
+        if name in self._entries and self._entries[name].model is model:
+            return
         if name in self._entries:
             raise ConfigError(f"residency: model {name!r} is registered twice")
         size = size_bytes if size_bytes is not None else _nbytes(model)

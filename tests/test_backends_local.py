@@ -1,4 +1,5 @@
-"""TransformersBackend with a peft LoRA adapter (tiny Qwen2) and with a processor (tiny LLaVA)."""
+"""TransformersBackend with a peft LoRA adapter (tiny Qwen2) and with a processor (tiny LLaVA for
+images, tiny Qwen2-Audio for audio)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import base64
 import io
 import struct
 import sys
+import textwrap
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,8 @@ from tiny_models import bundled_tokenizer, decoder_sizes
 from moe_agents.backends import GenerationSettings, TransformersBackend
 from moe_agents.backends.specs import TransformersSpec
 from moe_agents.errors import BackendError, ConfigError
+from moe_agents.experts import EpistemicExpert, OmniExpert
+from moe_agents.types import Attachment, Query
 
 pytestmark = [
     # peft's PeftModel.from_pretrained calls a transformers method deprecated in 5.x
@@ -29,6 +33,9 @@ TEMPLATE = (
     "{% for p in m['content'] %}{% if p['type'] == 'image' %}<image>{% elif p['type'] == 'text' %}"
     "{{ p['text'] }}{% endif %}{% endfor %}{% endif %} {% endfor %}"
     "{% if add_generation_prompt %}[assistant]{% endif %}"
+)
+AUDIO_TEMPLATE = TEMPLATE.replace(
+    "p['type'] == 'image' %}<image>", "p['type'] == 'audio' %}<|audio_bos|><|AUDIO|><|audio_eos|>"
 )
 GREEDY = GenerationSettings(max_tokens=8)
 
@@ -116,6 +123,60 @@ def llava(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def qwen2_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny Qwen2-Audio (1-layer Whisper-style encoder, 2-layer Qwen2) with a 1-second,
+    16-bin Whisper feature extractor and the bundled WordPiece tokenizer plus the audio tokens."""
+    import torch
+    from transformers import (
+        Qwen2AudioConfig,
+        Qwen2AudioEncoderConfig,
+        Qwen2AudioForConditionalGeneration,
+        Qwen2AudioProcessor,
+        Qwen2Config,
+        WhisperFeatureExtractor,
+    )
+
+    tokenizer = bundled_tokenizer()
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": ["<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]}
+    )
+    tokenizer.chat_template = AUDIO_TEMPLATE
+    # the bundled tokenizer pads and truncates to 128 tokens; processors pass that length on to the
+    # feature extractor, which would then cut the audio to 128 samples
+    tokenizer.backend_tokenizer.no_padding()
+    tokenizer.backend_tokenizer.no_truncation()
+    tokenizer.init_kwargs.pop("max_length", None)
+    processor = Qwen2AudioProcessor(
+        feature_extractor=WhisperFeatureExtractor(feature_size=16, sampling_rate=16_000, chunk_length=1),
+        tokenizer=tokenizer,
+        chat_template=AUDIO_TEMPLATE,
+    )
+    torch.manual_seed(0)
+    config = Qwen2AudioConfig(
+        audio_config=Qwen2AudioEncoderConfig(
+            num_mel_bins=16,
+            encoder_layers=1,
+            encoder_attention_heads=2,
+            encoder_ffn_dim=32,
+            d_model=16,
+            max_source_positions=50,  # 100 mel frames (1 s) after the stride-2 convolution
+        ),
+        text_config=Qwen2Config(**decoder_sizes(tokenizer)),
+        audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
+    )
+    path = tmp_path_factory.mktemp("tiny-qwen2-audio") / "model"
+    Qwen2AudioForConditionalGeneration(config).save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def audio_backend(qwen2_audio: Path) -> TransformersBackend:
+    """One backend on the tiny Qwen2-Audio, shared by the module's tests (loaded on first use)."""
+    return TransformersBackend(qwen2_audio)
+
+
 def png(color: str) -> bytes:
     """A 40×30 PNG of one colour."""
     from PIL import Image
@@ -125,15 +186,19 @@ def png(color: str) -> bytes:
     return buffer.getvalue()
 
 
-def wav(seconds: float = 0.1, rate: int = 8000) -> bytes:
-    """A mono 16-bit WAV of a 440 Hz square wave."""
+def wav(seconds: float = 0.1, rate: int = 8000, *, hz: int = 440, amplitude: int = 8000) -> bytes:
+    """A mono 16-bit WAV of a square wave (silence with ``amplitude=0``)."""
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as f:
         f.setnchannels(1)
         f.setsampwidth(2)
         f.setframerate(rate)
         n = int(seconds * rate)
-        f.writeframes(b"".join(struct.pack("<h", 8000 if (i * 880 // rate) % 2 else -8000) for i in range(n)))
+        f.writeframes(
+            b"".join(
+                struct.pack("<h", amplitude if (i * 2 * hz // rate) % 2 else -amplitude) for i in range(n)
+            )
+        )
     return buffer.getvalue()
 
 
@@ -148,13 +213,13 @@ def with_image(data: bytes, text: str = "what is this") -> list[dict[str, Any]]:
     ]
 
 
-def with_audio(data: bytes) -> list[dict[str, Any]]:
+def with_audio(data: bytes, text: str = "hi") -> list[dict[str, Any]]:
     """One user message: text, then the audio as an ``input_audio`` part."""
     audio = {"data": base64.b64encode(data).decode("ascii"), "format": "wav"}
     return [
         {
             "role": "user",
-            "content": [{"type": "text", "text": "hi"}, {"type": "input_audio", "input_audio": audio}],
+            "content": [{"type": "text", "text": text}, {"type": "input_audio", "input_audio": audio}],
         }
     ]
 
@@ -248,11 +313,118 @@ class TestAdapter:
         backend = TransformersBackend(**spec.model_dump(exclude={"kind"}))
         assert (backend.adapter, backend.merge_adapter) == (str(adapted.adapter), True)
 
+    def test_with_adapter_is_a_shared_adapted_copy(self, adapted: Adapted) -> None:
+        """``with_adapter`` copies every setting, adds the adapter and its name, loads nothing, and
+        gives the same copy for the same adapter and merge flag."""
+        base = TransformersBackend(
+            adapted.model,
+            dtype="float32",
+            max_new_tokens=5,
+            temperature=0.3,
+            max_concurrency=2,
+            modalities=[],
+        )
+        tuned = base.with_adapter(adapted.adapter)
+        assert (tuned.model, tuned.adapter, tuned.merge_adapter, tuned.name) == (
+            base.model,
+            str(adapted.adapter),
+            False,
+            "transformers:model+adapter",
+        )
+        assert (tuned.dtype, tuned.max_new_tokens, tuned.temperature, tuned.modalities) == (
+            "float32",
+            5,
+            0.3,
+            frozenset(),
+        )
+        assert tuned._limiter.total_tokens == 2
+        assert base.with_adapter(adapted.adapter) is tuned
+        assert base.with_adapter(adapted.adapter, merge=True).merge_adapter is True
+        assert (base.adapter, base.loaded, tuned.loaded) == (None, False, False)
+
+    @pytest.mark.parametrize(
+        ("adapter", "message"),
+        [("other", "adapters do not stack"), (" ", "non-empty")],
+        ids=["second-adapter", "blank"],
+    )
+    def test_with_adapter_refuses(self, adapted: Adapted, adapter: str, message: str) -> None:
+        """Stacking a second adapter, or a blank adapter path, is a ConfigError."""
+        backend = TransformersBackend(adapted.model, adapter=adapted.adapter if adapter == "other" else None)
+        with pytest.raises(ConfigError, match=message):
+            backend.with_adapter(adapter)
+
     def test_disk_bytes_include_the_adapter(self, adapted: Adapted) -> None:
         """disk_bytes counts the adapter's weight file as well as the model's."""
         base = TransformersBackend(adapted.model).disk_bytes()
         tuned = TransformersBackend(adapted.model, adapter=adapted.adapter).disk_bytes()
         assert tuned - base == (adapted.adapter / "adapter_model.safetensors").stat().st_size
+
+
+class TestStanceAdapter:
+    async def test_epistemic_expert_answers_through_the_adapter(self, adapted: Adapted) -> None:
+        """An epistemic expert with an adapter answers as the adapted model does (not as the base
+        model), and its answers say the adapter was applied."""
+        query = Query("Is honesty always right?")
+        plain = EpistemicExpert(backends=[TransformersBackend(adapted.model)], settings=GREEDY)
+        stance = EpistemicExpert(
+            backends=[TransformersBackend(adapted.model)], adapter=adapted.adapter, settings=GREEDY
+        )
+        direct = TransformersBackend(adapted.model, adapter=adapted.adapter)
+        expected = await direct.complete(await stance.build_messages(query), settings=GREEDY)
+        without, with_ = await plain.process(query), await stance.process(query)
+        assert with_.text == expected.text.strip() != without.text
+        assert with_.model == "transformers:model+adapter"
+        assert (with_.metadata["adapter_applied"], without.metadata["adapter_applied"]) == (True, False)
+        assert with_.metadata["adapter"] == str(adapted.adapter)
+
+    @pytest.mark.parametrize(("own", "applied"), [("same", True), ("other", False)], ids=["same", "other"])
+    def test_backend_with_its_own_adapter_is_kept(
+        self, adapted: Adapted, tmp_path: Path, own: str, applied: bool
+    ) -> None:
+        """A backend with an adapter of its own is used as it is; unless that is the stance adapter,
+        a warning says the stance adapter is not applied to it."""
+        from structlog.testing import capture_logs
+
+        from moe_agents.reliability import GuardedBackend
+
+        backend = TransformersBackend(adapted.model, adapter=adapted.adapter if own == "same" else tmp_path)
+        with capture_logs() as logs:
+            expert = EpistemicExpert(backends=[backend], adapter=adapted.adapter)
+        [guarded] = expert.backends
+        assert isinstance(guarded, GuardedBackend) and guarded.inner is backend
+        warned = [e["backend"] for e in logs if e["event"] == "expert.adapter_not_applied"]
+        assert warned == ([] if applied else [backend.name])
+
+    async def test_yaml_adapter_on_a_shared_resident_backend(self, adapted: Adapted, tmp_path: Path) -> None:
+        """``adapter:`` on epistemic experts in YAML (relative to the file): the experts without it
+        use the named backend, those with it share one adapted copy, also under a memory budget."""
+        import os
+
+        from moe_agents import load_pipeline
+
+        model, adapter = (os.path.relpath(p, tmp_path) for p in (adapted.model, adapted.adapter))
+        path = tmp_path / "p.yaml"
+        text = f"""\
+            resources: {{memory_budget_gb: 1}}
+            backends:
+              local: {{kind: transformers, model: {model}, max_new_tokens: 8}}
+            experts:
+              - {{name: plain, kind: epistemic, backends: [local]}}
+              - {{name: stance, kind: epistemic, backends: [local], adapter: {adapter}}}
+              - {{name: stance2, kind: epistemic, backends: [local], adapter: {adapter}}}
+            """
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+        pipeline = load_pipeline(path)
+        stance = pipeline.experts["stance"]
+        assert isinstance(stance, EpistemicExpert)
+        assert Path(str(stance.adapter)).resolve() == adapted.adapter.resolve()
+        residency = pipeline.backends[0].residency
+        assert residency.names == ("transformers:model", "transformers:model+adapter")
+        query = Query("Is honesty always right?")
+        without, with_ = await pipeline.experts["plain"].process(query), await stance.process(query)
+        again = await pipeline.experts["stance2"].process(query)
+        assert with_.text == again.text != without.text
+        assert (with_.metadata["adapter_applied"], without.metadata["adapter_applied"]) == (True, False)
 
 
 class TestProcessor:
@@ -314,15 +486,77 @@ class TestProcessor:
             ({"type": "input_audio", "input_audio": {"data": "", "format": "mp3"}}, "only WAV"),
             ({"type": "video", "video": "x"}, "unsupported message part"),
             ({"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}, "malformed"),
+            ({"type": "input_audio", "input_audio": {"data": "bm90IGEgd2F2"}}, "malformed input_audio"),
+            (
+                {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav(0.0)).decode()}},
+                "no samples",
+            ),
         ],
-        ids=["remote-url", "mp3", "video", "bad-base64"],
+        ids=["remote-url", "mp3", "video", "bad-base64", "not-wav", "empty-wav"],
     )
     async def test_unusable_parts_are_refused(self, llava: Path, part: dict[str, Any], message: str) -> None:
-        """Remote images, non-WAV audio, unknown part types and bad base64 are BackendErrors."""
+        """Remote images, non-WAV audio, unknown part types, bad base64 and WAV data that is not a
+        file with samples are BackendErrors."""
         backend = TransformersBackend(llava)
         with pytest.raises(BackendError, match=message):
             await backend.complete([{"role": "user", "content": [part]}])
         assert backend.loaded is False  # refused before loading anything
+
+
+class TestAudio:
+    def test_modalities_from_config(self, qwen2_audio: Path) -> None:
+        """A model with an audio config and a processor accepts audio (and no images)."""
+        assert TransformersBackend(qwen2_audio).modalities == frozenset({"audio"})
+
+    async def test_audio_reaches_the_model(self, audio_backend: TransformersBackend) -> None:
+        """A WAV goes through the processor: the prompt grows by its audio tokens and a tone and
+        silence of the same length give different greedy replies."""
+        tone = await audio_backend.complete(with_audio(wav(0.5)), settings=GREEDY)
+        silence = await audio_backend.complete(with_audio(wav(0.5, amplitude=0)), settings=GREEDY)
+        text_only = await audio_backend.complete([{"role": "user", "content": "hi"}], settings=GREEDY)
+        assert tone.text != silence.text
+        assert tone.usage.completion_tokens == 8
+        # 0.5 s = 50 mel frames -> 12 audio tokens after the encoder's two stride-2 steps, plus bos/eos
+        assert tone.usage.prompt_tokens == silence.usage.prompt_tokens == text_only.usage.prompt_tokens + 14
+
+    async def test_audio_token_in_text_is_plain_text(self, audio_backend: TransformersBackend) -> None:
+        """``<|AUDIO|>`` typed in the message is encoded as text, so it cannot claim audio features."""
+        plain = await audio_backend.complete(with_audio(wav(0.5), "what"), settings=GREEDY)
+        forged = await audio_backend.complete(with_audio(wav(0.5), "what <|AUDIO|>"), settings=GREEDY)
+        assert forged.usage.prompt_tokens > plain.usage.prompt_tokens
+        assert forged.usage.completion_tokens == 8
+
+    async def test_streaming_with_audio(self, audio_backend: TransformersBackend) -> None:
+        """Streamed chunks of an audio query join to the same text as without streaming."""
+        chunks: list[str] = []
+
+        async def on_chunk(text: str) -> None:
+            chunks.append(text)
+
+        plain = await audio_backend.complete(with_audio(wav(0.5)), settings=GREEDY)
+        streamed = await audio_backend.complete(with_audio(wav(0.5)), settings=GREEDY, on_chunk=on_chunk)
+        assert len(chunks) > 1
+        assert "".join(chunks) == streamed.text == plain.text
+
+    async def test_omni_expert_sends_a_wav_attachment(self, audio_backend: TransformersBackend) -> None:
+        """A query with a WAV attachment goes through the omni expert to the audio model, which
+        answers as it does to the same messages sent directly (and differently for silence)."""
+        expert = OmniExpert(backends=[audio_backend], settings=GREEDY)
+        tone = Query(
+            "what is this sound", attachments=(Attachment("audio", data=wav(0.5), mime="audio/wav"),)
+        )
+        silence = Query("what is this sound", attachments=(Attachment("audio", data=wav(0.5, amplitude=0)),))
+        direct = await audio_backend.complete(await expert.build_messages(tone), settings=GREEDY)
+        answer = await expert.process(tone)
+        assert answer.text == direct.text.strip()
+        assert answer.usage.prompt_tokens == direct.usage.prompt_tokens
+        assert (await expert.process(silence)).text != answer.text
+
+    async def test_image_to_audio_model_is_clear_error(self, audio_backend: TransformersBackend) -> None:
+        """An image for a model whose modalities are only audio is a BackendError naming images."""
+        with pytest.raises(BackendError, match=r"does not accept image \(modalities: \['audio'\]\)") as info:
+            await audio_backend.complete(with_image(png("red")))
+        assert info.value.backend == audio_backend.name
 
 
 class TestWav:
@@ -339,3 +573,24 @@ class TestWav:
         assert samples.dtype == np.float32
         assert len(samples) == round(0.1 * target)
         assert 0.2 < float(np.abs(samples).max()) <= 1.0
+
+    @pytest.mark.parametrize("width", [1, 2, 3, 4], ids=["8-bit", "16-bit", "24-bit", "32-bit"])
+    def test_every_pcm_width_scales_to_unit_range(self, width: int) -> None:
+        """Stereo PCM of any width is mixed to mono and scaled so full scale is ±1."""
+        import numpy as np
+
+        from moe_agents.backends.transformers import _wav
+
+        half = 2 ** (8 * width - 1)
+        values = [-half, -half // 2, 0, half // 2] if width > 1 else [0, 64, 128, 192]  # 8-bit is unsigned
+        frames = b"".join(
+            v.to_bytes(width, "little", signed=width > 1) * 2  # the same sample on both channels
+            for v in values
+        )
+        buffer = io.BytesIO()
+        with wave.open(buffer, "wb") as f:
+            f.setnchannels(2)
+            f.setsampwidth(width)
+            f.setframerate(16000)
+            f.writeframes(frames)
+        np.testing.assert_allclose(_wav(buffer.getvalue(), 16000), [-1.0, -0.5, 0.0, 0.5])

@@ -237,6 +237,13 @@ BAD = [
         "does not accept 'documents'",
     ),
     (
+        "adapter-on-coding",
+        "experts:\n  - name: a\n    kind: coding\n    adapter: adapters/x\n",
+        4,
+        "experts.0.adapter",
+        "does not accept 'adapter'",
+    ),
+    (
         "synthesis-unknown",
         "aggregation: {strategy: ensemble, synthesis_expert: zed}\nexperts:\n  - {name: a, kind: coding}\n",
         1,

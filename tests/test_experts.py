@@ -462,11 +462,27 @@ class TestEpistemicExpert:
         ids=["path", "none"],
     )
     async def test_adapter_recorded(self, adapter: Path | None, expected: str | None) -> None:
-        """The adapter is stored and recorded in every answer's metadata."""
+        """The adapter is stored and recorded in every answer's metadata; a backend that cannot
+        apply it (not a local transformers model) answers anyway and the metadata says so."""
         expert = EpistemicExpert(backends=[FunctionBackend(_echo)], adapter=adapter)
         answer = await expert.process(Query("Is honesty always right?"))
         assert expert.adapter == adapter
         assert answer.metadata["adapter"] == expected
+        assert answer.metadata["adapter_applied"] is False
+        assert answer.text == "ok"
+
+    def test_adapter_not_applied_is_logged(self) -> None:
+        """Each backend that cannot apply the adapter gets one ``expert.adapter_not_applied`` warning."""
+        from structlog.testing import capture_logs
+
+        with capture_logs() as logs:
+            EpistemicExpert(
+                backends=[FunctionBackend(_echo, name="api")], adapter="/adapters/introspective-qwen"
+            )
+            EpistemicExpert(backends=[FunctionBackend(_echo, name="api")])
+        assert [(e["event"], e["log_level"], e["backend"]) for e in logs] == [
+            ("expert.adapter_not_applied", "warning", "api")
+        ]
 
     def test_empty_adapter_rejected(self) -> None:
         """An empty adapter name is a ConfigError."""

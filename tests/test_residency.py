@@ -233,10 +233,14 @@ class TestBudget:
             residency.register(model, size_bytes=size_bytes)
 
     def test_register_rejects_duplicate_names(self) -> None:
-        """Two models cannot share a name."""
-        residency, world, _ = make({"a": 1}, 10)
+        """Two models cannot share a name; registering the same model again changes nothing."""
+        residency, world, models = make({"a": 1}, 10)
         with pytest.raises(ConfigError, match="twice"):
             residency.register(FakeModel("a", 1, world))
+        cost = residency.swap_cost(["a"])
+        residency.register(models["a"], size_bytes=7)
+        assert residency.names == ("a",)
+        assert residency.swap_cost(["a"]) == cost  # the size stays as first registered
 
     async def test_unknown_model(self) -> None:
         """Using a model that was never registered is a configuration error."""

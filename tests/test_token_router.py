@@ -167,6 +167,7 @@ class TestSelection:
         r = select_experts(logits, K, normalize=True)
         assert torch.equal(r.indices, idx)
         assert torch.equal(r.weights, top / top.sum(-1, keepdim=True))
+        assert torch.equal(select_experts(logits, K, normalize=False).weights, top)
 
     def test_bonus_never_displaces_protected_top_j(self) -> None:
         """A huge resident bonus fills the free slots with resident experts but keeps the model's top-J."""

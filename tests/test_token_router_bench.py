@@ -9,12 +9,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from moe_agents.errors import ConfigError
-from moe_agents.token_router.bench import (
-    evaluate_token_router,
-    offload_speed,
-    plot_token_router,
-    train_tiny_moe,
-)
+from moe_agents.token_router import TokenPolicy
+from moe_agents.token_router.bench import evaluate_token_router, offload_speed
+from moe_agents.token_router.bench_report import plot_token_router, render_token_router
+from moe_agents.token_router.train import train_tiny_moe
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 TINY = dict(layers=2, experts=8, top_k=2, hidden=32, steps=20, batch_size=4, max_minutes=0.5)
@@ -32,8 +30,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[dict
     assert first == second
     assert [e["event"] for e in first_logs] == ["token_bench.trained"]
     report = evaluate_token_router(
-        first, DATA, cache_fractions=(0.5,), lambdas=(0.0, 0.4), tokens=150, timing_calls=20, progress=False,
-        offload_tokens=6, trust_max=1.0, calibration_tokens=200,
+        first, DATA, cache_fractions=(0.5,), lambdas=(0.0, 0.4), balance_gammas=(0.0, 1e-3), tokens=150,
+        tune_tokens=120, timing_calls=20, progress=False, offload_tokens=6, offload_repeats=2, trust_max=1.0,
+        calibration_tokens=200,
     )  # fmt: skip
     return first, out, second_logs, report
 
@@ -63,6 +62,7 @@ class TestTokenRouterBench:
             assert report[mode]["plain_ppl"] > 1.0
         assert report["overhead"]["moe_block_us"] > 0 and "selection_pct_of_moe_block" in report["overhead"]
         assert set(report["targets"]["per_lambda"]) == {"0.4"}
+        assert report["targets"]["tuned"]["label"] == report["decode"]["tuned"]["label"]
 
     def test_lambda_zero_is_plain(self, run: tuple[Path, Path, list[dict[str, Any]], dict[str, Any]]) -> None:
         """λ = 0 routes exactly like plain top-k: the same LRU hit rate and ΔPPL 0."""
@@ -88,9 +88,11 @@ class TestTokenRouterBench:
         """The real-offload decode run reports tokens/s for all three settings and the target verdict."""
         report = run[3]
         off = report["offload"]
-        assert off["capacity"] == 4 and off["tokens"] == 6 and off["lambda"] == 0.4
+        chosen = report["tuning"]["chosen"]
+        assert off["capacity"] == 4 and off["tokens"] == 6 and off["repeats"] == 2
+        assert (off["lambda"], off["balance_gamma"]) == (chosen["lambda"], chosen["balance_gamma"])
         for name in ("resident", "plain", "ours"):
-            assert off[name]["tokens_per_s"] > 0
+            assert off[name]["tokens_per_s"] > 0 and len(off[name]["runs_tokens_per_s"]) == 2
         for name in ("plain", "ours"):
             assert 0.0 <= off[name]["hit_rate"] <= 1.0 and off[name]["bytes_copied"] >= 0
             assert off[name]["hits"] + off[name]["misses"] == 6 * report["model"]["layers"] * 2
@@ -104,7 +106,8 @@ class TestTokenRouterBench:
         assert report["trust_calibration"]["tokens"] <= 200
         for mode in ("decode", "prefill"):
             row = report[mode]["trust"]
-            assert row["label"] == "ours λ=0.4 + trust" and row["trust_max"] == 1.0
+            tuned = report[mode]["tuned"]
+            assert row["label"] == f"{tuned['label']} + trust" and row["trust_max"] == 1.0
             assert 0.0 <= row["hit_rate"] <= 1.0 and row["ppl"] > 1.0
 
     def test_offload_speed_rejects_zero_tokens(
@@ -112,7 +115,39 @@ class TestTokenRouterBench:
     ) -> None:
         """offload_speed needs at least one token."""
         with pytest.raises(ConfigError, match="tokens=0"):
-            offload_speed(run[0], DATA, capacity=4, lam=0.1, protect_top_j=1, tokens=0)
+            offload_speed(run[0], DATA, capacity=4, policy=TokenPolicy(lam=0.1), tokens=0)
+
+    def test_tuning_on_train_text(self, run: tuple[Path, Path, list[dict[str, Any]], dict[str, Any]]) -> None:
+        """The operating point is chosen on train text among the λ > 0 × γ grid, and replayed on test."""
+        report = run[3]
+        tune = report["tuning"]
+        assert tune["split"] == "gsm8k train" and tune["tokens"] <= 120
+        assert set(tune["rows"]) == {"0.4/0.0", "0.4/0.001"}
+        chosen = tune["chosen"]
+        qualified = [r for r in tune["rows"].values() if r["quality_met"]] or [
+            r for r in tune["rows"].values() if r["delta_ppl_pct"] <= 1.0
+        ]
+        if qualified:
+            best = max(qualified, key=lambda r: r["hit_rate"])
+            assert (chosen["lambda"], chosen["balance_gamma"]) == (best["lambda"], best["balance_gamma"])
+        for mode in ("decode", "prefill"):
+            tuned = report[mode]["tuned"]
+            assert (tuned["lambda"], tuned["balance_gamma"]) == (chosen["lambda"], chosen["balance_gamma"])
+            assert 0.0 <= tuned["hit_rate"] <= 1.0 and tuned["capacity"] == 4
+
+    def test_render_has_every_section(
+        self, run: tuple[Path, Path, list[dict[str, Any]], dict[str, Any]]
+    ) -> None:
+        """The console rendering has the model line, tuning, both modes, overhead, offload and targets."""
+        from rich.console import Console
+
+        console = Console(width=200, record=True)
+        for renderable in render_token_router(run[3]):
+            console.print(renderable)
+        text = console.export_text()
+        for part in ("tiny Qwen3-MoE", "tuning on gsm8k train", "decode (GSM8K test)", "prefill (GSM8K test)",
+                     "router cost per layer-token", "real offload", "targets at C = 2k"):  # fmt: skip
+            assert part in text
 
     def test_plot_written(
         self, run: tuple[Path, Path, list[dict[str, Any]], dict[str, Any]], tmp_path: Path

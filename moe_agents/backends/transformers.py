@@ -4,9 +4,12 @@ torch, transformers and peft are imported on first use. Loading, tokenising and 
 so they run in worker threads; ``max_concurrency`` bounds how many generations share the model at
 once. One instance is meant to be shared by every expert that uses the model.
 
-A LoRA adapter (a peft folder) can be applied on top of the base weights. A model folder with a
-processor (``processor_config.json`` or ``preprocessor_config.json``) is loaded as a multimodal
-model: image and audio message parts go through the processor.
+A LoRA adapter (a peft folder) can be applied on top of the base weights (``with_adapter`` makes an
+adapted copy of a backend). A model folder with a processor (``processor_config.json`` or
+``preprocessor_config.json``) is loaded with ``AutoModelForMultimodalLM``: image and audio message
+parts go through the processor. Images are tested with LLaVA, audio with Qwen2-Audio (a Whisper
+feature extractor); any model whose processor takes ``{"type": "audio", "audio": <array>}`` chat
+parts should work.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import sys
 import threading
 import time
+import wave
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,8 +98,10 @@ class TransformersBackend:
         merge_adapter: fold the adapter into the base weights at load (faster generation, same output).
 
     Images reach the model as ``image_url`` parts holding a base64 ``data:`` URL, audio as
-    ``input_audio`` parts holding base64 WAV (the shapes ``OmniExpert`` builds); both need a model
-    folder with a processor.
+    ``input_audio`` parts holding base64 PCM WAV (8, 16, 24 or 32 bit; the shapes ``OmniExpert``
+    builds); both need a model folder with a processor. Audio is mixed down to mono and resampled
+    to the feature extractor's ``sampling_rate``; the processor pads or cuts it to its own window
+    (30 s for Whisper-style extractors).
 
     Raises:
         ConfigError: an argument is out of range.
@@ -143,11 +149,48 @@ class TransformersBackend:
         self._limiter = anyio.CapacityLimiter(max_concurrency)
         self._state: _Loaded | None = None
         self._nbytes = 0
+        self._adapted: dict[tuple[str, bool], TransformersBackend] = {}
 
     def __repr__(self) -> str:
         gguf = f", gguf_file={self.gguf_file!r}" if self.gguf_file else ""
         adapter = f", adapter={self.adapter!r}" if self.adapter else ""
         return f"TransformersBackend(model={self.model!r}{gguf}{adapter}, device={self.device!r})"
+
+    def with_adapter(self, adapter: str | Path, *, merge: bool = False) -> TransformersBackend:
+        """A copy of this backend that applies the LoRA ``adapter`` on top of the same base model.
+
+        The copy is a backend of its own, named ``<name>+<adapter folder name>``: it loads the base
+        weights again, with the adapter (folded into them with ``merge``), and keeps every other
+        setting of this one. Asking again for the same adapter and ``merge`` returns the same copy,
+        so experts that share this backend share its adapted copy (and its one load). Nothing is
+        loaded here.
+
+        Args:
+            adapter: a peft LoRA adapter folder (or ``pkg:`` spec).
+            merge: fold the adapter into the base weights at load (``merge_adapter``).
+
+        Raises:
+            ConfigError: this backend has an adapter already, or ``adapter`` is blank.
+        """
+        if self.adapter is not None:
+            raise ConfigError(f"{self.name}: has adapter {self.adapter!r} already; adapters do not stack")
+        key = (str(adapter), merge)
+        if key not in self._adapted:
+            folder = Path(str(adapter).removeprefix("pkg:").rstrip("/\\")).name
+            self._adapted[key] = TransformersBackend(
+                self.model,
+                gguf_file=self.gguf_file,
+                name=f"{self.name}+{folder}",
+                device=self.device,
+                dtype=self.dtype,
+                max_new_tokens=self.max_new_tokens,
+                temperature=self.temperature,
+                max_concurrency=int(self._limiter.total_tokens),
+                modalities=None if self._modalities is None else sorted(self._modalities),
+                adapter=adapter,
+                merge_adapter=merge,
+            )
+        return self._adapted[key]
 
     @property
     def modalities(self) -> frozenset[str]:
@@ -533,8 +576,10 @@ def _part(part: Mapping[str, Any], name: str) -> dict[str, Any]:
             audio = part["input_audio"]
             if (fmt := audio.get("format", "wav")) != "wav":
                 raise BackendError(f"{name}: only WAV audio is supported, got {fmt!r}", backend=name)
-            return {"type": "audio", "data": base64.b64decode(audio["data"], validate=True)}
-    except (KeyError, TypeError, AttributeError, binascii.Error) as exc:
+            data = base64.b64decode(audio["data"], validate=True)
+            _check_wav(data)
+            return {"type": "audio", "data": data}
+    except (KeyError, TypeError, AttributeError, binascii.Error, wave.Error, EOFError) as exc:
         raise BackendError(f"{name}: malformed {kind} message part: {exc!r}", backend=name) from exc
     raise BackendError(f"{name}: unsupported message part type {kind!r}", backend=name)
 
@@ -572,20 +617,30 @@ def _decode_media(chat: list[dict[str, Any]], processor: Any) -> list[dict[str, 
     return decoded
 
 
-def _wav(data: bytes, rate: int) -> Any:
-    """PCM WAV bytes as a mono float32 array in [-1, 1], linearly resampled to ``rate``."""
-    import wave
+def _check_wav(data: bytes) -> None:
+    """Raises ``wave.Error`` unless ``data`` is a PCM WAV file with samples ``_wav`` can read."""
+    with wave.open(io.BytesIO(data)) as f:
+        if f.getsampwidth() not in (1, 2, 3, 4):
+            raise wave.Error(f"unsupported WAV sample width: {f.getsampwidth()} bytes")
+        if f.getnframes() == 0:
+            raise wave.Error("the WAV file holds no samples")
 
+
+def _wav(data: bytes, rate: int) -> Any:
+    """PCM WAV bytes (8, 16, 24 or 32 bit) as a mono float32 array in [-1, 1], linearly resampled
+    to ``rate``."""
     import numpy as np
 
     with wave.open(io.BytesIO(data)) as f:
         width, channels, source_rate = f.getsampwidth(), f.getnchannels(), f.getframerate()
         frames = f.readframes(f.getnframes())
-    if width == 1:
-        samples = (np.frombuffer(frames, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
-    elif width in (2, 4):
-        dtype = np.int16 if width == 2 else np.int32
-        samples = np.frombuffer(frames, dtype=dtype).astype(np.float32) / float(np.iinfo(dtype).max)
+    raw = np.frombuffer(frames, dtype=np.uint8)
+    if width == 1:  # the only unsigned width
+        samples = (raw.astype(np.float32) - 128.0) / 128.0
+    elif width in (2, 3, 4):
+        # widened to little-endian int32 with zero low bytes, so every width scales by 2**31
+        wide = np.pad(raw.reshape(-1, width), ((0, 0), (4 - width, 0)))
+        samples = wide.view("<i4").ravel().astype(np.float32) / 2.0**31
     else:
         raise ValueError(f"unsupported WAV sample width: {width} bytes")
     samples = samples.reshape(-1, channels).mean(axis=1)  # (T,)

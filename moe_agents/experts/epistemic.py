@@ -4,14 +4,23 @@ uncertainty stated openly (the "Introspective-Qwen" stance)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..backends.base import Backend, GenerationSettings
+import structlog
+
+from ..backends.base import Backend, Completion, GenerationSettings
+from ..backends.transformers import TransformersBackend
 from ..errors import ConfigError
+from ..reliability import GuardedBackend
+from ..residency import ResidentBackend
+from ..types import Answer, Query
 from .base import ExpertCapability, LLMExpert, Scorer, Signal
 
 __all__ = ["EpistemicExpert"]
+
+log = structlog.get_logger(__name__)
 
 _SYSTEM_PROMPT = """\
 You are the epistemic expert in a team of AI specialists: a thoughtful, introspective assistant \
@@ -103,9 +112,18 @@ class EpistemicExpert(LLMExpert):
         timeout_s: per-call deadline in seconds.
         settings: generation settings for every call.
         capabilities: replace the default capability.
-        adapter: a LoRA adapter (folder or hub id) that fine-tunes the model for this stance. Local
-            backends that support adapters will apply it in a later release; for now it is stored,
-            exposed as ``adapter`` and recorded in each answer's ``metadata["adapter"]``.
+        adapter: a peft LoRA adapter folder (or ``pkg:`` spec) that fine-tunes the model for this
+            stance. Each ``TransformersBackend`` in ``backends`` without an adapter of its own is
+            replaced by its adapted copy (``TransformersBackend.with_adapter``, merged into the
+            weights; retry guards and residency carry over). Other backends (an API model, a local
+            model with its own adapter) are kept as they are: the expert still answers through
+            them, ``expert.adapter_not_applied`` is logged once here, and their answers say so.
+
+    Answers carry ``metadata["adapter"]`` (the adapter as a string, or ``None``) and
+    ``metadata["adapter_applied"]`` (whether the backend that answered applied it).
+
+    Raises:
+        ConfigError: an option is out of range, or ``adapter`` is blank.
     """
 
     kind: ClassVar[str] = "epistemic"
@@ -197,6 +215,12 @@ class EpistemicExpert(LLMExpert):
         context_tokens: int = 512,
         adapter: str | Path | None = None,
     ) -> None:
+        if adapter is not None and not str(adapter).strip():
+            raise ConfigError(f"expert {name or self.kind!r}: adapter must be a non-empty path")
+        self._adapted_names: frozenset[str] = frozenset()
+        if adapter is not None:
+            backends = [_adapted(b, str(adapter)) or b for b in backends]
+            self._adapted_names = frozenset(b.name for b in backends if _adapter_of(b) == str(adapter))
         super().__init__(
             name,
             backends=backends,
@@ -210,10 +234,47 @@ class EpistemicExpert(LLMExpert):
             scorer=scorer,
             context_tokens=context_tokens,
         )
-        if adapter is not None and not str(adapter).strip():
-            raise ConfigError(f"expert {self.name!r}: adapter must be a non-empty path or name")
         self.adapter = adapter
+        if adapter is not None:
+            for b in self.backends:
+                if b.name not in self._adapted_names:
+                    log.warning(
+                        "expert.adapter_not_applied", expert=self.name, backend=b.name, adapter=str(adapter)
+                    )
 
     def answer_metadata(self, text: str) -> Mapping[str, Any]:
         """``metadata["adapter"]``: the stance adapter as a string, or ``None``."""
         return {"adapter": None if self.adapter is None else str(self.adapter)}
+
+    def make_answer(
+        self, query: Query, completion: Completion, *, confidence: float, latency_s: float
+    ) -> Answer:
+        """The ``LLMExpert`` answer plus ``metadata["adapter_applied"]``."""
+        answer = super().make_answer(query, completion, confidence=confidence, latency_s=latency_s)
+        applied = completion.model in self._adapted_names
+        return replace(answer, metadata={**answer.metadata, "adapter_applied": applied})
+
+
+def _adapted(backend: Backend, adapter: str) -> Backend | None:
+    """``backend`` with the LoRA ``adapter`` applied, behind the same retry guard and residency as
+    the original; ``None`` unless it is a ``TransformersBackend`` without an adapter of its own."""
+    if isinstance(backend, GuardedBackend):
+        inner = _adapted(backend.inner, adapter)
+        if inner is None:
+            return None
+        return GuardedBackend(
+            inner, retry=backend.retry, breaker=backend.breaker.policy, clock=backend.breaker.clock
+        )
+    if isinstance(backend, ResidentBackend):
+        inner = _adapted(backend.inner, adapter)
+        return None if inner is None else ResidentBackend(inner, backend.residency)
+    if isinstance(backend, TransformersBackend) and backend.adapter is None:
+        return backend.with_adapter(adapter, merge=True)
+    return None
+
+
+def _adapter_of(backend: Backend) -> str | None:
+    """The adapter of the ``TransformersBackend`` under any guard or residency wrapper."""
+    while isinstance(backend, GuardedBackend | ResidentBackend):
+        backend = backend.inner
+    return backend.adapter if isinstance(backend, TransformersBackend) else None

@@ -1,18 +1,19 @@
 """Token-router benchmark: a tiny Qwen3-MoE trained from scratch on GSM8K, replayed through expert caches.
 
-``train_tiny_moe`` trains (or reuses) a seeded Qwen3-MoE-architecture causal LM on GSM8K *train*
-questions and answers with a byte-level tokenizer (no download). ``evaluate_token_router`` replays
-held-out GSM8K *test* text at batch size 1, token by token with a KV cache (decode) and whole
-sequences (prefill), for plain top-k routing (with LRU, LRU+hysteresis and Belady caches, all fed the
-same plain trace) and for the token router at each λ × cache size, and reports hit rate, ΔPPL, churn,
-load entropy, MaxVio, dead experts and the selection overhead against the issue's targets.
-``plot_token_router`` draws the hit-rate vs ΔPPL Pareto plot.
+``evaluate_token_router`` replays held-out GSM8K *test* text at batch size 1, token by token with a
+KV cache (decode) and whole sequences (prefill), for plain top-k routing (with LRU, LRU+hysteresis
+and Belady caches, all fed the same plain trace) and for the token router's cache bonus at each
+λ × cache size. The full policy's operating point (λ and the load-balancing step γ) is chosen on GSM8K
+*train* text and then replayed on the test text. It reports hit rate, ΔPPL, churn, load entropy,
+MaxVio, dead experts, the selection overhead (on the tiny model and on one MoE layer of the
+deployment target's size) and real-offload decode speed, against the issue's targets
+(``bench_report``). ``run_token_router_benchmark`` is the one command: train (cached), evaluate,
+write JSON and PNG.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import statistics
@@ -27,189 +28,27 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .bench_report import plot_token_router, row_checks, targets
 from .cache import ExpertCache, belady_hit_rate
 from .calibrate import calibrate_trust
 from .metrics import CacheStats
 from .offload import OffloadHandle, OffloadStats, offload_experts
 from .patch import patch
 from .policy import TokenPolicy
+from .train import MARKER, SEQ_LEN, VOCAB, encode, gsm8k_texts, progress_bar, train_tiny_moe
 
-__all__ = ["evaluate_token_router", "offload_speed", "plot_token_router", "targets", "train_tiny_moe"]
+__all__ = [
+    "DEPLOYMENT_LAYER",
+    "deployment_overhead",
+    "evaluate_token_router",
+    "offload_speed",
+    "run_token_router_benchmark",
+]
 
 log = structlog.get_logger(__name__)
 
-BOS, EOS = 256, 257
-VOCAB = 264  # 256 bytes + BOS/EOS, padded to a multiple of 8
-SEQ_LEN = 128
-_MARKER = "train.json"
-
-
-def encode(text: str) -> list[int]:
-    """Byte-level tokens of ``text`` framed by BOS/EOS."""
-    return [BOS, *text.encode("utf-8"), EOS]
-
-
-def _gsm8k(data_dir: Path, split: str, limit: int | None = None) -> list[str]:
-    path = Path(data_dir) / "gsm8k" / f"{split}.jsonl"
-    if not path.is_file():
-        raise ConfigError(f"GSM8K {split} split not found at {path}")
-    texts = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            item = json.loads(line)
-            texts.append(f"Question: {item['question']}\nAnswer: {item['answer']}")
-            if limit is not None and len(texts) >= limit:
-                break
-    return texts
-
-
-def _config(layers: int, experts: int, top_k: int, hidden: int) -> Any:
-    from transformers import Qwen3MoeConfig
-
-    heads = max(1, hidden // 32)
-    return Qwen3MoeConfig(  # type: ignore[call-arg]  # head_dim is a Qwen3 config field untyped in __init__
-        vocab_size=VOCAB,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        moe_intermediate_size=hidden // 2,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=max(1, heads // 2),
-        head_dim=hidden // heads,
-        num_experts=experts,
-        num_experts_per_tok=top_k,
-        norm_topk_prob=True,
-        max_position_embeddings=4 * SEQ_LEN,
-        output_router_logits=True,
-        router_aux_loss_coef=0.01,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        tie_word_embeddings=True,
-    )
-
-
-def train_tiny_moe(
-    data_dir: Path,
-    out_dir: Path,
-    *,
-    layers: int = 4,
-    experts: int = 32,
-    top_k: int = 4,
-    hidden: int = 128,
-    steps: int = 3000,
-    batch_size: int = 16,
-    lr: float = 3e-3,
-    seed: int = 0,
-    max_minutes: float = 12.0,
-    progress: bool = True,
-) -> Path:
-    """Trains a Qwen3-MoE causal LM from scratch on GSM8K train text, or reuses its cached checkpoint.
-
-    The checkpoint folder is named by a hash of every setting (and the training file's size), so a
-    second call with the same settings loads nothing and trains nothing.
-
-    Args:
-        data_dir: the shared data folder (reads ``gsm8k/train.jsonl`` only).
-        out_dir: where checkpoints are cached.
-        layers: decoder layers (all MoE).
-        experts: experts per layer (E).
-        top_k: experts per token (k).
-        hidden: model width.
-        steps: optimiser steps at most.
-        batch_size: sequences of ``SEQ_LEN`` bytes per step.
-        lr: AdamW peak learning rate (cosine decay to 10 %).
-        seed: seeds the weights and the batches.
-        max_minutes: stops training after this wall time even if ``steps`` are not done.
-        progress: show a progress bar on stderr.
-
-    Returns:
-        The checkpoint folder (``save_pretrained`` format, with ``train.json``).
-    """
-    from transformers import Qwen3MoeForCausalLM
-
-    train_file = Path(data_dir) / "gsm8k" / "train.jsonl"
-    texts = _gsm8k(data_dir, "train")
-    settings = {
-        "layers": layers, "experts": experts, "top_k": top_k, "hidden": hidden, "steps": steps,
-        "batch_size": batch_size, "lr": lr, "seed": seed, "max_minutes": max_minutes, "seq_len": SEQ_LEN,
-        "data": [train_file.name, train_file.stat().st_size], "vocab": VOCAB,
-    }  # fmt: skip
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    path = Path(out_dir) / f"tiny-qwen3-moe-{key}"
-    if (path / _MARKER).is_file():
-        log.info("token_bench.checkpoint_reused", path=str(path))
-        return path
-
-    torch.manual_seed(seed)
-    model = Qwen3MoeForCausalLM(_config(layers, experts, top_k, hidden))
-    model.train()
-    stream = torch.tensor([t for text in texts for t in encode(text)], dtype=torch.long)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
-    warmup = max(1, min(100, steps // 10))
-
-    def lr_at(step: int, elapsed: float) -> float:
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        # cosine decay over whichever budget runs out first: the steps or the wall time
-        done = max((step - warmup) / max(1, steps - warmup), elapsed / (max_minutes * 60))
-        return lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, done))))
-
-    start, losses, step = time.perf_counter(), [], 0
-    bar = _progress(progress)
-    with bar:
-        task = bar.add_task("training tiny Qwen3-MoE", total=steps)
-        for step in range(steps):
-            elapsed = time.perf_counter() - start
-            if elapsed > max_minutes * 60:
-                break
-            offsets = torch.randint(0, len(stream) - SEQ_LEN - 1, (batch_size,), generator=gen)
-            batch = torch.stack([stream[o : o + SEQ_LEN] for o in offsets.tolist()])  # (B, T)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, elapsed)
-            out = model(input_ids=batch, labels=batch)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            losses.append(out.loss.detach().item())
-            bar.update(task, advance=1, description=f"training tiny Qwen3-MoE (loss {losses[-1]:.3f})")
-        else:
-            step = steps
-    minutes = (time.perf_counter() - start) / 60
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    tail = losses[-50:] or [float("nan")]
-    record = {
-        "settings": settings,
-        "steps_done": step,
-        "minutes": minutes,
-        "final_loss": sum(tail) / len(tail),
-    }
-    (path / _MARKER).write_text(json.dumps(record, indent=2))
-    log.info(
-        "token_bench.trained",
-        path=str(path),
-        steps=step,
-        minutes=round(minutes, 2),
-        loss=record["final_loss"],
-    )
-    return path
-
-
-def _progress(enabled: bool) -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-        transient=True,
-    )
+# One MoE layer of the deployment target: the Qwen3-Omni-30B-A3B thinker (= Qwen3-30B-A3B) text layer.
+DEPLOYMENT_LAYER = {"hidden": 2048, "experts": 128, "top_k": 8, "moe_intermediate": 768}
 
 
 class _RecordingCache(ExpertCache):
@@ -229,11 +68,11 @@ class _RecordingCache(ExpertCache):
         return [torch.cat(rows) for rows in self.trace]
 
 
-def _docs(data_dir: Path, tokens: int) -> list[torch.Tensor]:
-    """Held-out GSM8K test texts (from the first), cut to ``tokens`` byte tokens in all."""
+def _docs(data_dir: Path, tokens: int, split: str = "test", max_len: int = 4 * SEQ_LEN) -> list[torch.Tensor]:
+    """GSM8K ``split`` texts (from the first), each cut to ``max_len`` and ``tokens`` byte tokens in all."""
     docs, total = [], 0
-    for text in _gsm8k(data_dir, "test"):
-        ids = encode(text)[: min(SEQ_LEN * 4, tokens - total)]
+    for text in gsm8k_texts(data_dir, split):
+        ids = encode(text)[: min(max_len, tokens - total)]
         if len(ids) < 2:
             break
         docs.append(torch.tensor(ids, dtype=torch.long))
@@ -282,7 +121,7 @@ def _simulate(trace: Sequence[torch.Tensor], num_experts: int, capacity: int, po
 
 def _time_us(fn: Callable[[], object], repeats: int = 7, number: int = 200) -> float:
     """Median over ``repeats`` of the mean time of ``number`` calls, in µs."""
-    for _ in range(20):
+    for _ in range(min(20, number)):
         fn()
     runs = []
     for _ in range(repeats):
@@ -294,15 +133,21 @@ def _time_us(fn: Callable[[], object], repeats: int = 7, number: int = 200) -> f
 
 
 @torch.no_grad()
-def _overhead(model: Any, policy: TokenPolicy, capacity: int, number: int) -> dict[str, float]:
-    """µs per layer-token (decode shape: one token) of the router and the MoE block, patched and not."""
+def _overhead(
+    model: Any, policy: TokenPolicy, capacity: int, number: int, repeats: int = 7
+) -> dict[str, float]:
+    """µs per layer-token (decode shape: one token) of the router and the MoE block, patched and not.
+
+    ``selection_us`` is the patched router with ``policy`` minus the patched router with a neutral
+    policy, both with the same counting cache, so the cache's own bookkeeping cancels out.
+    """
     cfg = model.config
     block = model.model.layers[0].mlp
     x = torch.randn(1, 1, cfg.hidden_size, generator=torch.Generator().manual_seed(0))
     flat = x.view(-1, cfg.hidden_size)
     warm = torch.randn(64, cfg.hidden_size, generator=torch.Generator().manual_seed(1))
-    plain_router = _time_us(lambda: block.gate(flat), number=number)
-    moe_block = _time_us(lambda: block(x), number=number)
+    plain_router = _time_us(lambda: block.gate(flat), repeats, number)
+    moe_block = _time_us(lambda: block(x), repeats, number)
     layers = len(model.model.layers)
     result = {"plain_router_us": plain_router, "moe_block_us": moe_block}
     for name, pol in (("neutral", TokenPolicy()), ("ours", policy)):
@@ -310,12 +155,40 @@ def _overhead(model: Any, policy: TokenPolicy, capacity: int, number: int) -> di
         with patch(model, pol, cache):
             gate = model.model.layers[0].mlp.gate
             gate(warm)  # Δ_layer and residency from a few tokens
-            result[f"{name}_router_us"] = _time_us(functools.partial(gate, flat), number=number)
+            result[f"{name}_router_us"] = _time_us(functools.partial(gate, flat), repeats, number)
     result["selection_us"] = result["ours_router_us"] - result["neutral_router_us"]
     result["selection_pct_of_moe_block"] = 100 * result["selection_us"] / moe_block
     result["added_vs_unpatched_us"] = result["ours_router_us"] - plain_router
     result["added_vs_unpatched_pct_of_moe_block"] = 100 * result["added_vs_unpatched_us"] / moe_block
     return result
+
+
+def deployment_overhead(policy: TokenPolicy, *, number: int = 20, repeats: int = 5) -> dict[str, Any]:
+    """The selection overhead on one MoE layer of the deployment target's size (``DEPLOYMENT_LAYER``).
+
+    A one-layer Qwen3-MoE with the Qwen3-Omni-30B-A3B thinker's MoE dimensions (hidden 2048, 128
+    experts of intermediate size 768, top-8; float32, seeded random weights: timing only, about
+    2.4 GB) is timed like the tiny model: router and MoE block for one decode token, patched with a
+    neutral policy and with ``policy``, with a counting cache of 2k experts.
+
+    Returns:
+        The ``_overhead`` row plus ``dims``, ``capacity`` and ``dtype``.
+    """
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    d = DEPLOYMENT_LAYER
+    config = Qwen3MoeConfig(  # type: ignore[call-arg]  # head_dim is a Qwen3 config field untyped in __init__
+        vocab_size=VOCAB, hidden_size=d["hidden"], intermediate_size=3 * d["hidden"],
+        moe_intermediate_size=d["moe_intermediate"], num_hidden_layers=1, num_attention_heads=32,
+        num_key_value_heads=4, head_dim=128, num_experts=d["experts"], num_experts_per_tok=d["top_k"],
+        norm_topk_prob=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Qwen3MoeForCausalLM(config).eval()
+    capacity = 2 * d["top_k"]
+    row = _overhead(model, policy, capacity, number, repeats)
+    del model
+    return {**row, "dims": dict(d), "capacity": capacity, "dtype": "float32"}
 
 
 @torch.no_grad()
@@ -357,9 +230,9 @@ def offload_speed(
     data_dir: Path,
     *,
     capacity: int,
-    lam: float,
-    protect_top_j: int,
+    policy: TokenPolicy,
     tokens: int = 200,
+    repeats: int = 3,
     prompt_tokens: int = 32,
     warmup_tokens: int = 8,
     model: nn.Module | None = None,
@@ -368,61 +241,71 @@ def offload_speed(
 
     The same held-out prompt (the first GSM8K test problem's first ``prompt_tokens`` byte tokens) is
     greedy-decoded for ``tokens`` tokens, one token per forward with a KV cache (the prompt's prefill is
-    neither timed nor counted), (a) by the fully resident
-    model, (b) with experts offloaded at ``capacity`` resident slots per layer and plain top-k, and (c)
-    offloaded and patched with ``TokenPolicy(lam, protect_top_j)`` whose residency is the real slots. A
-    warm-up decode of ``warmup_tokens`` (not timed, not counted) precedes each timed run; the model is
-    restored after each setting.
+    neither timed nor counted), (a) by the fully resident model, (b) with experts offloaded at
+    ``capacity`` resident slots per layer and plain top-k, and (c) offloaded and patched with
+    ``policy``, whose residency is the real slots. (b) and (c) alternate ``repeats`` times and their
+    median speed is reported, since on a shared machine one run is within the noise. A warm-up decode
+    of ``warmup_tokens`` (not timed, not counted) precedes each timed run; the model is restored after
+    each run.
 
     Args:
         model_path: a checkpoint from ``train_tiny_moe``.
         data_dir: the shared data folder (reads ``gsm8k/test.jsonl``).
         capacity: resident experts per layer.
-        lam: the token router's cache bonus λ.
-        protect_top_j: the model's own top-J picks never displaced.
+        policy: the token router's policy for (c).
         tokens: decoded tokens per timed run.
+        repeats: timed runs of each setting.
         prompt_tokens: prompt length.
         warmup_tokens: tokens of the untimed warm-up decode.
         model: the loaded model, to skip loading ``model_path`` again.
 
     Returns:
-        ``resident``, ``plain`` and ``ours`` rows (``tokens_per_s``, ``seconds``; the offloaded ones also
-        ``hit_rate``, ``hits``, ``misses``, ``bytes_copied``, ``copy_seconds`` of the timed run), the
-        settings, and ``speedup_ours_vs_plain``.
+        ``resident``, ``plain`` and ``ours`` rows (``tokens_per_s`` (median), ``runs_tokens_per_s``,
+        ``seconds``; the offloaded ones also ``hit_rate``, ``hits``, ``misses``, ``bytes_copied``,
+        ``copy_seconds`` of one timed run), the settings, and ``speedup_ours_vs_plain``.
 
     Raises:
-        ConfigError: ``tokens`` < 1, or the capacity does not fit the model.
+        ConfigError: ``tokens`` or ``repeats`` < 1, or the capacity does not fit the model.
     """
-    if tokens < 1:
-        raise ConfigError(f"tokens={tokens} must be at least 1")
+    if tokens < 1 or repeats < 1:
+        raise ConfigError(f"tokens={tokens} and repeats={repeats} must both be at least 1")
     if model is None:
         from transformers import Qwen3MoeForCausalLM
 
         model = Qwen3MoeForCausalLM.from_pretrained(model_path)
     model.eval()
-    prompt = torch.tensor(encode(_gsm8k(data_dir, "test", limit=1)[0])[:prompt_tokens]).unsqueeze(0)
-    policy = TokenPolicy(lam=lam, protect_top_j=protect_top_j)
+    prompt = torch.tensor(encode(gsm8k_texts(data_dir, "test", limit=1)[0])[:prompt_tokens]).unsqueeze(0)
     report: dict[str, Any] = {
-        "capacity": capacity, "lambda": lam, "protect_top_j": protect_top_j, "tokens": tokens,
+        "capacity": capacity, "lambda": policy.lam, "balance_gamma": policy.balance_gamma,
+        "protect_top_j": policy.protect_top_j, "tokens": tokens, "repeats": repeats,
         "prompt_tokens": prompt.shape[1], "warmup_tokens": warmup_tokens,
     }  # fmt: skip
+    runs: dict[str, list[float]] = {"resident": [], "plain": [], "ours": []}
+    rows: dict[str, dict[str, float]] = {}
     _greedy(model, prompt, warmup_tokens)
-    seconds = _greedy(model, prompt, tokens)
-    report["resident"] = {"tokens_per_s": tokens / seconds, "seconds": seconds}
     with tempfile.TemporaryDirectory(prefix="moe-offload-") as folder:
-        for name in ("plain", "ours"):
-            with offload_experts(model, folder, capacity) as handle:
-                routed = patch(model, policy, cache=handle) if name == "ours" else None
-                try:
-                    _greedy(model, prompt, warmup_tokens)
-                    marks: list[OffloadStats] = []
-                    mark = functools.partial(_append_stats, marks, handle)
-                    seconds = _greedy(model, prompt, tokens, on_start=mark)
-                    row = _stats_delta(handle.stats(), marks[0])
-                finally:
-                    if routed is not None:
-                        routed.unpatch()
-            report[name] = {"tokens_per_s": tokens / seconds, "seconds": seconds, **row}
+        for _ in range(repeats):
+            runs["resident"].append(_greedy(model, prompt, tokens))
+            for name in ("plain", "ours"):
+                with offload_experts(model, folder, capacity) as handle:
+                    routed = patch(model, policy, cache=handle) if name == "ours" else None
+                    try:
+                        _greedy(model, prompt, warmup_tokens)
+                        marks: list[OffloadStats] = []
+                        mark = functools.partial(_append_stats, marks, handle)
+                        runs[name].append(_greedy(model, prompt, tokens, on_start=mark))
+                        rows[name] = _stats_delta(handle.stats(), marks[0])
+                    finally:
+                        if routed is not None:
+                            routed.unpatch()
+    for name, seconds in runs.items():
+        median = statistics.median(seconds)
+        report[name] = {
+            "tokens_per_s": tokens / median,
+            "runs_tokens_per_s": [tokens / s for s in seconds],
+            "seconds": median,
+            **rows.get(name, {}),
+        }
     report["speedup_ours_vs_plain"] = report["ours"]["tokens_per_s"] / report["plain"]["tokens_per_s"]
     log.info(
         "token_bench.offload_speed",
@@ -433,28 +316,66 @@ def offload_speed(
     return report
 
 
-def _best_lambda(report: dict[str, Any], lambdas: Sequence[float]) -> float:
-    """The λ > 0 with the best 2k-cache hit rate whose ΔPPL ≤ 1 % (decode if measured), else 0.1."""
-    mode = next((m for m in ("decode", "prefill") if m in report), None)
-    rows = {} if mode is None else report[mode]["ours"].get(str(report["two_k_capacity"]), {})
-    ok = [
-        (rows[str(lam)]["hit_rate"], lam)
-        for lam in lambdas
-        if lam > 0 and str(lam) in rows and rows[str(lam)]["delta_ppl_pct"] <= 1.0
+def _run(
+    model: nn.Module, docs: Sequence[torch.Tensor], mode: str, policy: TokenPolicy, capacity: int
+) -> tuple[dict[str, float], float, int]:
+    """One replay with ``policy`` and an LRU cache of ``capacity``: (cache row, NLL sum, predicted tokens)."""
+    cfg: Any = model.config
+    cache = ExpertCache(cfg.num_hidden_layers, cfg.num_experts, capacity, "lru")
+    with patch(model, policy, cache):
+        nll, count = _replay(model, docs, mode)
+    return _cache_row(cache.stats()), nll, count
+
+
+def _with_ppl(row: dict[str, float], nll: float, count: int, plain_ppl: float) -> dict[str, float]:
+    ppl = math.exp(nll / count)
+    return {**row, "ppl": ppl, "delta_ppl_pct": 100 * (ppl / plain_ppl - 1)}
+
+
+def _tune(
+    model: nn.Module,
+    docs: Sequence[torch.Tensor],
+    mode: str,
+    capacity: int,
+    lambdas: Sequence[float],
+    gammas: Sequence[float],
+    protect_top_j: int,
+    bar: Any,
+    task: Any,
+) -> dict[str, Any]:
+    """Chooses the operating point (λ, γ) on GSM8K *train* text: the best hit rate at the 2k cache
+    among the settings that meet every quality target there (ΔPPL, entropy, dead experts), else among
+    those with ΔPPL ≤ 1 %, else λ = 0.1 without balancing."""
+    plain, nll, count = _run(model, docs, mode, TokenPolicy(), capacity)
+    plain_ppl = math.exp(nll / count)
+    bar.advance(task)
+    rows: dict[str, dict[str, Any]] = {}
+    for lam in lambdas:
+        for gamma in gammas:
+            bar.update(task, description=f"tuning on train text: λ={lam} γ={gamma}")
+            policy = TokenPolicy(lam=lam, protect_top_j=protect_top_j, balance_gamma=gamma)
+            row, nll, _ = _run(model, docs, mode, policy, capacity)
+            row = _with_ppl(row, nll, count, plain_ppl)
+            checks = row_checks(row, plain)
+            rows[f"{lam}/{gamma}"] = {
+                "lambda": lam, "balance_gamma": gamma, **row,
+                "quality_met": all(c["met"] for n, c in checks.items() if n != "hit_rate_gain_points"),
+            }  # fmt: skip
+            bar.advance(task)
+    ranked = [r for r in rows.values() if r["quality_met"]] or [
+        r for r in rows.values() if r["delta_ppl_pct"] <= 1.0
     ]
-    return max(ok)[1] if ok else 0.1
+    best = max(ranked, key=lambda r: r["hit_rate"]) if ranked else {"lambda": 0.1, "balance_gamma": 0.0}
+    return {
+        "split": "gsm8k train", "mode": mode, "capacity": capacity, "tokens": sum(len(d) for d in docs),
+        "documents": len(docs), "plain_ppl": plain_ppl, "plain_lru": plain, "rows": rows,
+        "chosen": {"lambda": best["lambda"], "balance_gamma": best["balance_gamma"]},
+    }  # fmt: skip
 
 
 def _calibration_batches(data_dir: Path, tokens: int) -> list[torch.Tensor]:
     """GSM8K *train* texts (from the first), cut to ``SEQ_LEN`` and ``tokens`` byte tokens in all."""
-    batches, total = [], 0
-    for text in _gsm8k(data_dir, "train"):
-        ids = encode(text)[: min(SEQ_LEN, tokens - total)]
-        if len(ids) < 2:
-            break
-        batches.append(torch.tensor(ids, dtype=torch.long).unsqueeze(0))
-        total += len(ids)
-    return batches
+    return [d.unsqueeze(0) for d in _docs(data_dir, tokens, "train", SEQ_LEN)]
 
 
 def evaluate_token_router(
@@ -463,11 +384,15 @@ def evaluate_token_router(
     *,
     cache_fractions: Sequence[float] | None = None,
     lambdas: Sequence[float] = (0.0, 0.05, 0.1, 0.2, 0.4),
+    balance_gammas: Sequence[float] = (0.0, 2e-4, 5e-4, 1e-3),
     protect_top_j: int = 1,
     tokens: int = 2000,
+    tune_tokens: int | None = None,
     modes: Sequence[str] = ("decode", "prefill"),
     timing_calls: int = 200,
+    deployment: bool = False,
     offload_tokens: int = 200,
+    offload_repeats: int = 3,
     trust_max: float = 0.0,
     calibration_tokens: int | None = None,
     progress: bool = True,
@@ -475,30 +400,42 @@ def evaluate_token_router(
     """Replays held-out GSM8K test text through plain top-k and the token router, with expert caches.
 
     Plain top-k is replayed once per mode; its trace feeds the LRU, LRU+hysteresis and Belady caches
-    of every size. The token router (``TokenPolicy(lam=λ, protect_top_j=J)`` with an LRU cache whose
-    residency it sees) is replayed for every λ × cache size.
+    of every size. The cache bonus alone (``TokenPolicy(lam=λ, protect_top_j=J)`` with an LRU cache
+    whose residency it sees) is replayed for every λ × cache size. The full policy's operating point
+    (λ > 0 × load-balancing γ) is chosen on GSM8K train text at the 2k cache (``tuning``) and replayed
+    on the test text as each mode's ``tuned`` row.
 
     Args:
         model_path: a checkpoint from ``train_tiny_moe``.
-        data_dir: the shared data folder (reads ``gsm8k/test.jsonl`` only, from its first problem).
+        data_dir: the shared data folder (reads ``gsm8k/test.jsonl``, and ``train.jsonl`` for tuning).
         cache_fractions: resident experts per layer as a share of E (default ``(2k/E, 0.25, 0.5)``;
             equal capacities are measured once).
         lambdas: cache bonuses λ.
+        balance_gammas: load-balancing steps γ tried in the tuning.
         protect_top_j: the model's own top-J picks never displaced.
         tokens: held-out byte tokens replayed per setting.
-        modes: ``"decode"`` (one token per forward, KV cache) and/or ``"prefill"`` (whole texts).
+        tune_tokens: train byte tokens replayed per tuning setting (default ``tokens``).
+        modes: ``"decode"`` (one token per forward, KV cache) and/or ``"prefill"`` (whole texts); the
+            tuning uses the first.
         timing_calls: router/MoE-block calls per timing run.
-        offload_tokens: tokens greedy-decoded per setting of the real-offload speed run (``offload_speed``
-            at the 2k capacity and the λ with the best hit rate whose ΔPPL ≤ 1 %, else λ = 0.1); 0 skips it.
+        deployment: also time the selection on one MoE layer of the deployment target's size
+            (``deployment_overhead``; builds a 2.4 GB layer).
+        offload_tokens: tokens greedy-decoded per run of the real-offload speed test (``offload_speed``
+            at the 2k capacity with the tuned policy); 0 skips it.
+        offload_repeats: timed runs per setting of the speed test.
         trust_max: when > 0, per-expert trust is calibrated on GSM8K *train* text (``calibrate_trust``) and
-            an extra row "ours λ=x + trust" (2k capacity, the same λ) is replayed per mode.
+            an extra row "tuned + trust" (2k capacity) is replayed per mode.
         calibration_tokens: train byte tokens for the trust calibration (default ``tokens``).
         progress: show a progress bar on stderr.
 
     Returns:
-        A JSON-ready report: ``model``, ``capacities``, per mode the ``plain`` rows (per capacity and
-        cache policy), ``ours`` rows (per capacity and λ) and, with trust, a ``trust`` row; ``overhead``,
-        ``offload`` (unless skipped) and ``targets``.
+        A JSON-ready report: ``model``, ``capacities``, ``tuning``, per mode the ``plain`` rows (per
+        capacity and cache policy), ``ours`` rows (per capacity and λ), the ``tuned`` row and, with
+        trust, a ``trust`` row; ``overhead`` (and ``deployment_overhead``), ``offload`` (unless
+        skipped) and ``targets``.
+
+    Raises:
+        ConfigError: ``protect_top_j`` exceeds the model's top-k, or the data is missing.
     """
     from transformers import Qwen3MoeForCausalLM
 
@@ -510,25 +447,36 @@ def evaluate_token_router(
         raise ConfigError(f"protect_top_j={protect_top_j} exceeds the model's top-k {top_k}")
     fractions = cache_fractions if cache_fractions is not None else (2 * top_k / num_experts, 0.25, 0.5)
     capacities = sorted({min(num_experts, max(top_k, round(f * num_experts))) for f in fractions})
+    cap2k = min(num_experts, 2 * top_k)
     docs = _docs(data_dir, tokens)
-    record = (
-        json.loads((Path(model_path) / _MARKER).read_text()) if (Path(model_path) / _MARKER).is_file() else {}
-    )
+    train_docs = _docs(data_dir, tune_tokens or tokens, "train")
+    marker = Path(model_path) / MARKER
     report: dict[str, Any] = {
         "model": {
             "path": str(model_path), "layers": layers, "experts": num_experts, "top_k": top_k,
-            "hidden": cfg.hidden_size, "training": record,
+            "hidden": cfg.hidden_size, "training": json.loads(marker.read_text()) if marker.is_file() else {},
         },
         "settings": {
-            "lambdas": list(lambdas), "protect_top_j": protect_top_j, "tokens": sum(len(d) for d in docs),
-            "documents": len(docs), "cache_policy_ours": "lru",
+            "lambdas": list(lambdas), "balance_gammas": list(balance_gammas), "protect_top_j": protect_top_j,
+            "tokens": sum(len(d) for d in docs), "documents": len(docs), "cache_policy_ours": "lru",
         },
         "capacities": capacities,
-        "two_k_capacity": min(num_experts, 2 * top_k),
+        "two_k_capacity": cap2k,
     }  # fmt: skip
-    bar = _progress(progress)
+    positive = [lam for lam in lambdas if lam > 0] or [0.1]
+    bar = progress_bar(progress)
     with bar:
-        task = bar.add_task("replaying", total=len(modes) * (1 + len(capacities) * len(lambdas)))
+        task = bar.add_task(
+            "replaying",
+            total=1 + len(positive) * len(balance_gammas) + len(modes) * (2 + len(capacities) * len(lambdas)),
+        )
+        report["tuning"] = _tune(
+            model, train_docs, modes[0], cap2k, positive, balance_gammas, protect_top_j, bar, task
+        )
+        chosen = report["tuning"]["chosen"]
+        tuned = TokenPolicy(
+            lam=chosen["lambda"], protect_top_j=protect_top_j, balance_gamma=chosen["balance_gamma"]
+        )
         for mode in modes:
             bar.update(task, description=f"{mode}: plain top-k")
             recorder = _RecordingCache(layers, num_experts, num_experts)
@@ -549,37 +497,36 @@ def evaluate_token_router(
                 ours[str(cap)] = {}
                 for lam in lambdas:
                     bar.update(task, description=f"{mode}: ours C={cap} λ={lam}")
-                    cache = ExpertCache(layers, num_experts, cap, "lru")
-                    with patch(model, TokenPolicy(lam=lam, protect_top_j=protect_top_j), cache):
-                        nll_ours, _ = _replay(model, docs, mode)
-                    ppl = math.exp(nll_ours / count)
-                    ours[str(cap)][str(lam)] = {
-                        **_cache_row(cache.stats()),
-                        "ppl": ppl,
-                        "delta_ppl_pct": 100 * (ppl / plain_ppl - 1),
-                    }
+                    policy = TokenPolicy(lam=lam, protect_top_j=protect_top_j)
+                    row, nll_ours, _ = _run(model, docs, mode, policy, cap)
+                    ours[str(cap)][str(lam)] = _with_ppl(row, nll_ours, count, plain_ppl)
                     bar.advance(task)
-            report[mode] = {"plain_ppl": plain_ppl, "predicted_tokens": count, "plain": plain, "ours": ours}
+            bar.update(task, description=f"{mode}: tuned policy")
+            row, nll_tuned, _ = _run(model, docs, mode, tuned, cap2k)
+            report[mode] = {
+                "plain_ppl": plain_ppl, "predicted_tokens": count, "plain": plain, "ours": ours,
+                "tuned": {
+                    "label": f"ours λ={tuned.lam} γ={tuned.balance_gamma}", "lambda": tuned.lam,
+                    "balance_gamma": tuned.balance_gamma, "capacity": cap2k,
+                    **_with_ppl(row, nll_tuned, count, plain_ppl),
+                },
+            }  # fmt: skip
+            bar.advance(task)
             log.info("token_bench.mode_done", mode=mode, plain_ppl=round(plain_ppl, 4))
-    lam_for_timing = max([lam for lam in lambdas if lam > 0] or [0.1])
-    report["overhead"] = _overhead(
-        model,
-        TokenPolicy(lam=lam_for_timing, protect_top_j=protect_top_j),
-        report["two_k_capacity"],
-        timing_calls,
-    )
-    report["overhead"]["lambda"] = lam_for_timing
-    chosen = _best_lambda(report, lambdas)
-    cap2k = report["two_k_capacity"]
+    report["overhead"] = {**_overhead(model, tuned, cap2k, timing_calls), "lambda": tuned.lam}
+    report["overhead"]["balance_gamma"] = tuned.balance_gamma
+    if deployment:
+        report["deployment_overhead"] = deployment_overhead(tuned)
     if trust_max > 0:
         report["trust_calibration"] = _trust_rows(
             model, report, docs, _calibration_batches(data_dir, calibration_tokens or tokens), modes,
-            TokenPolicy(lam=chosen, protect_top_j=protect_top_j, trust_max=trust_max),
+            TokenPolicy(lam=tuned.lam, protect_top_j=protect_top_j, balance_gamma=tuned.balance_gamma,
+                        trust_max=trust_max),
         )  # fmt: skip
     if offload_tokens > 0:
         report["offload"] = offload_speed(
-            model_path, data_dir, capacity=cap2k, lam=chosen, protect_top_j=protect_top_j,
-            tokens=offload_tokens, model=model,
+            model_path, data_dir, capacity=cap2k, policy=tuned, tokens=offload_tokens,
+            repeats=offload_repeats, model=model,
         )  # fmt: skip
     report["targets"] = targets(report)
     return report
@@ -606,7 +553,8 @@ def _trust_rows(
             nll, count = _replay(model, docs, mode)
         ppl = math.exp(nll / count)
         report[mode]["trust"] = {
-            "label": f"ours λ={policy.lam} + trust", "lambda": policy.lam, "trust_max": policy.trust_max,
+            "label": f"ours λ={policy.lam} γ={policy.balance_gamma} + trust", "lambda": policy.lam,
+            "balance_gamma": policy.balance_gamma, "trust_max": policy.trust_max,
             "capacity": cap, **_cache_row(cache.stats()), "ppl": ppl,
             "delta_ppl_pct": 100 * (ppl / report[mode]["plain_ppl"] - 1),
         }  # fmt: skip
@@ -617,85 +565,38 @@ def _trust_rows(
     }  # fmt: skip
 
 
-def targets(report: dict[str, Any], mode: str = "decode") -> dict[str, Any]:
-    """The issue's targets at a cache of 2k experts per layer, checked for every λ > 0.
+def run_token_router_benchmark(
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    max_minutes: float = 10.0,
+    seed: int = 0,
+    tokens: int = 2000,
+    trust_max: float = 0.0,
+    deployment: bool = True,
+    progress: bool = True,
+) -> tuple[dict[str, Any], Path, Path]:
+    """The benchmark in one call: trains the tiny model (or reuses its cached checkpoint under
+    ``out_dir/checkpoints``), evaluates it, and writes ``token_router.json`` and ``token_router.png``.
 
     Returns:
-        Per λ: each target's measured value, bound and ``met``; the selection-overhead target
-        (one number for all λ) under ``overhead``.
+        The report, the JSON path and the PNG path.
+
+    Raises:
+        ConfigError: GSM8K is missing from ``data_dir``.
     """
-    if mode not in report:
-        mode = next(m for m in ("decode", "prefill") if m in report)
-    cap = str(report["two_k_capacity"])
-    if cap not in report[mode]["ours"]:
-        return {}
-    plain = report[mode]["plain"][cap]["lru"]
-    out: dict[str, Any] = {"mode": mode, "capacity": int(cap), "per_lambda": {}}
-    for lam, row in report[mode]["ours"][cap].items():
-        if float(lam) == 0.0:
-            continue
-        checks = {
-            "hit_rate_gain_points": (100 * (row["hit_rate"] - plain["hit_rate"]), ">=", 15.0),
-            "delta_ppl_pct": (row["delta_ppl_pct"], "<=", 1.0),
-            "entropy_ratio": (row["load_entropy"] / max(plain["load_entropy"], 1e-12), ">=", 0.9),
-            "dead_experts_per_layer_over_plain": (
-                row["dead_experts_per_layer"] - plain["dead_experts_per_layer"], "<=", 2.0,
-            ),
-        }  # fmt: skip
-        out["per_lambda"][lam] = {
-            name: {"value": v, "bound": f"{op} {b}", "met": v >= b if op == ">=" else v <= b}
-            for name, (v, op, b) in checks.items()
-        }
-        out["per_lambda"][lam]["all_met"] = all(c["met"] for c in out["per_lambda"][lam].values())
-    if "overhead" in report:
-        pct = report["overhead"]["selection_pct_of_moe_block"]
-        out["overhead"] = {"value": pct, "bound": "<= 5.0", "met": pct <= 5.0}
-    if "offload" in report:
-        off = report["offload"]
-        met = off["ours"]["tokens_per_s"] > off["plain"]["tokens_per_s"]
-        out["offload_decode_tokens_per_s"] = {
-            "target": "real-offload decode tokens/s higher than plain",
-            "value": off["ours"]["tokens_per_s"], "plain": off["plain"]["tokens_per_s"],
-            "lambda": off["lambda"], "capacity": off["capacity"], "met": met,
-            "verdict": "met" if met else "NOT met",
-        }  # fmt: skip
-    return out
-
-
-def plot_token_router(report: dict[str, Any], path: Path) -> Path:
-    """Hit rate vs ΔPPL (Pareto plot), one panel per mode: the token router's λ curve per cache size,
-    plain top-k + LRU / LRU+hysteresis / Belady marked at ΔPPL 0."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    modes = [m for m in ("decode", "prefill") if m in report]
-    fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.5), squeeze=False)
-    for ax, mode in zip(axes[0], modes, strict=True):
-        for i, cap in enumerate(report["capacities"]):
-            color = f"C{i}"
-            rows = report[mode]["ours"][str(cap)]
-            lams = sorted(rows, key=float)
-            ax.plot(
-                [rows[lam]["delta_ppl_pct"] for lam in lams],
-                [rows[lam]["hit_rate"] for lam in lams],
-                "o-", color=color, label=f"ours C={cap}",
-            )  # fmt: skip
-            for lam in lams:
-                ax.annotate(f"λ={lam}", (rows[lam]["delta_ppl_pct"], rows[lam]["hit_rate"]), fontsize=7)
-            plain = report[mode]["plain"][str(cap)]
-            ax.scatter([0], [plain["lru"]["hit_rate"]], marker="s", color=color, label=f"top-k+LRU C={cap}")
-            ax.scatter([0], [plain["belady"]["hit_rate"]], marker="*", s=120, color=color,
-                       label=f"top-k+Belady C={cap}")  # fmt: skip
-        ax.axvline(1.0, color="grey", ls="--", lw=0.8)
-        ax.set_xlabel("ΔPPL vs plain top-k (%)")
-        ax.set_ylabel("expert-cache hit rate")
-        ax.set_title(f"{mode} (E={report['model']['experts']}, k={report['model']['top_k']})")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    checkpoint = train_tiny_moe(
+        data_dir, out_dir / "checkpoints", seed=seed, max_minutes=max_minutes, progress=progress
+    )
+    report = evaluate_token_router(
+        checkpoint, data_dir, tokens=tokens, trust_max=trust_max, deployment=deployment, progress=progress
+    )
+    report["command"] = (
+        f"moe-agents eval token-router --data {data_dir} --out {out_dir} --max-minutes {max_minutes} "
+        f"--seed {seed} --tokens {tokens} --trust-max {trust_max}"
+        + ("" if deployment else " --no-deployment")
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "token_router.json"
+    path.write_text(json.dumps(report, indent=2))
+    return report, path, plot_token_router(report, out_dir / "token_router.png")

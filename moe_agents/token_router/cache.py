@@ -41,9 +41,13 @@ class ResidencySource(Protocol):
     @property
     def num_experts(self) -> int: ...
 
-    def resident_mask(self, layer: int) -> torch.Tensor: ...
+    def resident_mask(self, layer: int) -> torch.Tensor:
+        """``(E,)`` bool, the experts resident in ``layer`` now (read-only; it may be a live view)."""
+        ...
 
-    def access(self, layer: int, experts: torch.Tensor) -> tuple[int, int]: ...
+    def access(self, layer: int, experts: torch.Tensor) -> object:
+        """Told the ``(T, k)`` experts a batch of ``layer`` will use, in token order."""
+        ...
 
 
 class ExpertCache:
@@ -90,16 +94,15 @@ class ExpertCache:
                 raise ConfigError(f"future has {len(self._future)} layers, the cache {num_layers}")
             self._next_use = [_next_use(f, num_experts) for f in self._future]
         self._resident: list[OrderedDict[int, int]] = [OrderedDict() for _ in range(num_layers)]  # id → hits
+        self._mask = torch.zeros(num_layers, num_experts, dtype=torch.bool)  # the same, as tensors
         self._just_evicted: list[set[int]] = [set() for _ in range(num_layers)]
         self._tokens = [0] * num_layers
         self._load = torch.zeros(num_layers, num_experts, dtype=torch.int64)
         self.hits = self.misses = self.evictions = self.repicks = 0
 
     def resident_mask(self, layer: int) -> torch.Tensor:
-        """``(E,)`` bool: the experts resident in ``layer`` now."""
-        mask = torch.zeros(self.num_experts, dtype=torch.bool)
-        mask[list(self._resident[layer])] = True
-        return mask
+        """``(E,)`` bool: the experts resident in ``layer`` now (a live view: read it, don't keep it)."""
+        return self._mask[layer]
 
     def access(self, layer: int, experts_needed: torch.Tensor) -> tuple[int, int]:
         """Serves tokens in order: each needs the experts of one row of ``experts_needed`` ``(T, k)``.
@@ -135,6 +138,9 @@ class ExpertCache:
                 resident[e] = 0
             self._just_evicted[layer] = evicted
             self._tokens[layer] += 1
+        mask = self._mask[layer]
+        mask.zero_()
+        mask[list(resident)] = True
         self.hits += hits
         self.misses += misses
         return hits, misses

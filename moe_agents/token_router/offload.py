@@ -94,12 +94,8 @@ class _Slots:
         self.file: Any = safe_open(str(path), framework="pt")  # memory-mapped; one read per expert tensor
         self.slot_of: OrderedDict[int, int] = OrderedDict()  # expert → slot, least recently used first
         self.free = list(range(capacity))
+        self.resident = torch.zeros(num_experts, dtype=torch.bool)  # (E,), kept in step with slot_of
         self.stats = OffloadStats()
-
-    def resident_mask(self) -> torch.Tensor:
-        mask = torch.zeros(self.num_experts, dtype=torch.bool)
-        mask[list(self.slot_of)] = True
-        return mask
 
     def load(self, expert: int, pinned: set[int], buffers: list[torch.Tensor]) -> tuple[int, int]:
         """Copies ``expert`` into a free slot or the LRU slot not in ``pinned``; returns (slot, bytes)."""
@@ -108,12 +104,14 @@ class _Slots:
         else:
             victim = next(e for e in self.slot_of if e not in pinned)
             slot = self.slot_of.pop(victim)
+            self.resident[victim] = False
         copied = 0
         for name, buffer in zip(self.names, buffers, strict=True):
             source = self.file.get_tensor(f"{name}.{expert}")
             buffer[slot].copy_(source)
             copied += source.numel() * source.element_size()
         self.slot_of[expert] = slot
+        self.resident[expert] = True
         return slot, copied
 
 
@@ -229,21 +227,12 @@ class OffloadHandle:
         return len(self._layers)
 
     def resident_mask(self, layer: int) -> torch.Tensor:
-        """``(E,)`` bool: the experts whose weights are in a slot of ``layer`` now."""
-        return self._layers[layer].slots.resident_mask()
+        """``(E,)`` bool: the experts whose weights are in a slot of ``layer`` now (a live view)."""
+        return self._layers[layer].slots.resident
 
-    def access(self, layer: int, experts_needed: torch.Tensor) -> tuple[int, int]:
-        """The ``ExpertCache`` hook ``patch`` calls with the final choice: a read-only preview.
-
-        Loading and counting happen when the experts run; this only reports how many of the
-        ``(T, k)`` lookups would find their expert resident now.
-
-        Returns:
-            ``(hits, misses)`` the lookups would have against the current residency (not counted).
-        """
-        resident = self.resident_mask(layer)[torch.as_tensor(experts_needed).long().cpu()]
-        hits = int(resident.sum())
-        return hits, resident.numel() - hits
+    def access(self, layer: int, experts_needed: torch.Tensor) -> None:
+        """The ``ExpertCache`` hook ``patch`` calls with the final choice; nothing to do here, since
+        loading and counting happen when the experts run (``stats``)."""
 
     def stats(self, layer: int | None = None) -> OffloadStats:
         """Counters of one layer, or summed over all layers."""

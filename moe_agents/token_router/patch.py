@@ -87,7 +87,7 @@ class PatchHandle:
 
     def set_trust(self, layer: int, trust: torch.Tensor) -> None:
         """Sets a layer's ``(E,)`` trust; the logit bias is ``policy.trust_max · tanh(trust)``."""
-        self.states[layer].trust = torch.as_tensor(trust, dtype=torch.float).detach().clone()
+        self.states[layer].set_trust(trust)
 
     def unpatch(self) -> None:
         """Puts the original router modules back (idempotent)."""

@@ -23,45 +23,55 @@ __all__ = ["LayerState", "TokenRouterMixin", "routed_class"]
 
 @dataclass(slots=True, eq=False)
 class LayerState:
-    """What the router of one MoE layer keeps between batches.
+    """What the router of one MoE layer keeps between batches, as tensors on the router's device.
 
     Attributes:
         layer: index among the model's MoE layers (the cache's layer).
         policy: the policy in force.
         cache: the expert cache that supplies residency and is told the final choice, or ``None``.
-        delta: Δ_layer, the running mean of the per-token logit range.
+        delta: Δ_layer, the running mean of the per-token logit range (0-dim), ``None`` before the
+            first batch.
         tokens: tokens seen (for the exact running mean).
-        trust: ``(E,)`` unbounded trust per expert (``trust_max · tanh(trust)`` is the logit bias).
+        trust: ``(E,)`` unbounded trust per expert, or ``None``; set it with ``set_trust``.
+        trust_bias: ``(E,)`` its logit bias ``trust_max · tanh(trust)``, or ``None``.
         balance: ``(E,)`` the load-balancing selection bias.
     """
 
     layer: int
     policy: TokenPolicy
     cache: ResidencySource | None = None
-    delta: float = 0.0
+    delta: torch.Tensor | None = None
     tokens: int = 0
     trust: torch.Tensor | None = None
+    trust_bias: torch.Tensor | None = None
     balance: torch.Tensor | None = None
 
+    def set_trust(self, trust: torch.Tensor) -> None:
+        """Sets the ``(E,)`` trust and computes its bounded logit bias once."""
+        self.trust = torch.as_tensor(trust, dtype=torch.float).detach().clone()
+        self.trust_bias = (
+            self.policy.trust_max * torch.tanh(self.trust) if self.policy.trust_max > 0.0 else None
+        )
+
     def observe(self, logits: torch.Tensor) -> None:
-        """Folds a batch's per-token logit ranges ``(T, E)`` into Δ_layer."""
-        ranges = (logits.max(-1).values - logits.min(-1).values).float()  # (T,)
-        count = ranges.numel()
+        """Folds a batch's per-token logit ranges ``(T, E)`` into Δ_layer (no host sync)."""
+        count = logits.shape[0]
         if count == 0:
             return
-        mean = float(ranges.mean())
+        low, high = torch.aminmax(logits, dim=-1)  # (T,) each
+        mean = (high - low).float().mean()
         rate = self.policy.delta_momentum
-        if rate == 0.0 or self.tokens == 0:
-            self.delta += (mean - self.delta) * count / (self.tokens + count)
+        if self.delta is None:
+            self.delta = mean
         else:
-            self.delta += rate * (mean - self.delta)
+            self.delta = torch.lerp(self.delta, mean, rate or count / (self.tokens + count))
         self.tokens += count
 
     def bias(self, num_experts: int, device: torch.device) -> torch.Tensor | None:
         """``(E,)`` selection logit bias (trust + balance), or ``None`` when there is none."""
-        bias = None
-        if self.policy.trust_max > 0.0 and self.trust is not None:
-            bias = self.policy.trust_max * torch.tanh(self.trust.to(device=device, dtype=torch.float))
+        bias = self.trust_bias
+        if bias is not None and bias.device != device:
+            bias = self.trust_bias = bias.to(device)
         if self.policy.balance_gamma > 0.0:
             if self.balance is None:
                 self.balance = torch.zeros(num_experts, device=device)
@@ -73,7 +83,7 @@ class LayerState:
         if self.policy.balance_gamma == 0.0 or self.balance is None:
             return
         load = torch.bincount(indices.flatten(), minlength=num_experts).float()  # (E,)
-        self.balance += self.policy.balance_gamma * torch.sign(load.mean() - load)
+        self.balance.add_(torch.sign(load.mean() - load), alpha=self.policy.balance_gamma)
 
 
 class TokenRouterMixin(nn.Module):
@@ -88,18 +98,17 @@ class TokenRouterMixin(nn.Module):
         router_logits, weights, indices = super().forward(hidden_states)
         state = self.token_state
         policy = state.policy
-        if not policy.neutral:
-            logits = router_logits.detach()
-            state.observe(logits)
-            resident = None if state.cache is None else state.cache.resident_mask(state.layer)
+        if not policy.neutral and policy.protect_top_j < self.top_k:  # else no pick can move: the model's own
+            state.observe(router_logits.detach())
             routing = select_experts(
                 router_logits,
                 self.top_k,
-                resident=resident,
+                own=indices,
+                resident=None if state.cache is None else state.cache.resident_mask(state.layer),
                 lam=policy.lam,
-                delta=state.delta,
+                delta=0.0 if state.delta is None else state.delta,
                 protect_top_j=policy.protect_top_j,
-                bias=state.bias(self.num_experts, logits.device),
+                bias=state.bias(self.num_experts, router_logits.device),
                 normalize=getattr(self, "norm_topk_prob", True),  # routers without the flag always normalise
             )
             weights, indices = routing.weights.to(weights.dtype), routing.indices

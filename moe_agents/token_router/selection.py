@@ -1,12 +1,14 @@
 """One layer's expert selection for a batch of tokens, vectorised over tokens.
 
 The cache bonus goes through the project's ``permission`` function, like every other scale: a
-logit bonus ``λ·Δ`` on resident experts is the probability factor ``exp(λ·Δ)``, i.e. a hysteresis
-of ``exp(λ·Δ) − 1`` with zero cost. Selection biases (trust, load balance) are added to the logits
-before that. The model's own top-J picks are kept, the other ``k − J`` slots go to the best adjusted
-scores, and the routing weights come from the model's *original* softmax probabilities over the
-final set (renormalised when the model renormalises), so a bonus changes who is asked, never how
-much a chosen expert's answer counts relative to the model's own opinion.
+resident expert's persistence factor is ``1 + h`` with the hysteresis ``h = exp(λ·Δ) − 1`` and zero
+cost. Experts are ranked by the log of their permission, ``log softmax(logits + bias) + log
+persistence``; the log-sum-exp is the same for every expert of a token, so the ranking is that of
+``logits + bias + log persistence``, which needs no second softmax. Selection biases (trust, load
+balance) are the ``bias``. The model's own top-J picks are kept, the other ``k − J`` slots go to the
+best adjusted scores, and the routing weights come from the model's *original* softmax probabilities
+over the final set (renormalised when the model renormalises), so a bonus changes who is asked,
+never how much a chosen expert's answer counts relative to the model's own opinion.
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ def select_experts(
     logits: torch.Tensor,
     top_k: int,
     *,
+    own: torch.Tensor | None = None,
     resident: torch.Tensor | None = None,
     lam: float = 0.0,
-    delta: float = 0.0,
+    delta: float | torch.Tensor = 0.0,
     protect_top_j: int = 0,
     bias: torch.Tensor | None = None,
     normalize: bool = True,
@@ -49,9 +52,12 @@ def select_experts(
     Args:
         logits: ``(T, E)`` router logits.
         top_k: experts per token.
+        own: ``(T, k)`` the model's own top-k choice, best first, when the caller has it (the
+            patched router passes what the model's router returned); computed otherwise.
         resident: ``(E,)`` bool, experts in the cache now (``None``: no cache bonus).
         lam: the cache bonus λ (in units of ``delta``).
-        delta: Δ_layer, the running mean of the per-token logit range.
+        delta: Δ_layer, the running mean of the per-token logit range (a float or a 0-dim tensor,
+            which keeps the whole selection on the device without a host sync).
         protect_top_j: the model's own top-J picks that are never displaced.
         bias: ``(E,)`` logit bias for selection only (trust + load balance), or ``None``.
         normalize: renormalise the weights over the chosen set (the model's ``norm_topk_prob``).
@@ -60,22 +66,31 @@ def select_experts(
         The chosen experts and their weights from the model's original probabilities.
     """
     probs = torch.softmax(logits, dim=-1, dtype=torch.float)  # (T, E), as the model computes it
-    _, own = torch.topk(probs, top_k, dim=-1)  # (T, k), the model's own choice
+    if own is None:
+        own = torch.topk(probs, top_k, dim=-1).indices  # (T, k), the model's own choice
     j = min(protect_top_j, top_k)
-    bonus = resident is not None and lam > 0.0 and bool(resident.any())
+    bonus = resident is not None and lam > 0.0
     if j == top_k or (bias is None and not bonus):
         indices = own
     else:
-        expertise = probs if bias is None else torch.softmax(logits.float() + bias, dim=-1)  # (T, E)
+        adjust = bias  # (E,) log-permission offset shared by every token
         if bonus:
             assert resident is not None
-            resident_f = resident.to(device=expertise.device, dtype=expertise.dtype)  # (E,)
-            _, _, expertise = permission(expertise, 0.0, resident_f, math.expm1(lam * delta))
+            hysteresis = (
+                torch.expm1(delta * lam) if isinstance(delta, torch.Tensor) else math.expm1(lam * delta)
+            )
+            resident_f = resident.to(device=logits.device, dtype=torch.float)  # (E,)
+            _, persistence, _ = permission(1.0, 0.0, resident_f, hysteresis)  # type: ignore[arg-type]
+            log_persistence = torch.log(persistence)  # (E,): log(1 + h) for resident experts, 0 otherwise
+            adjust = log_persistence if adjust is None else adjust + log_persistence
+        assert adjust is not None  # a bias, a bonus, or both
         protected = own[:, :j]  # (T, J)
-        scores = expertise.scatter(-1, protected, float("-inf"))
+        scores = (logits.float() + adjust).scatter_(-1, protected, float("-inf"))  # (T, E)
         _, fill = torch.topk(scores, top_k - j, dim=-1)  # (T, k − J)
         indices = torch.cat([protected, fill], dim=-1)  # (T, k)
-    weights = probs.gather(-1, indices)  # (T, k)
+    weights = probs.gather(
+        -1, indices
+    )  # (T, k): the model's arithmetic, so unmoved picks keep their weights exactly
     if normalize:
         weights /= weights.sum(dim=-1, keepdim=True)
     return Routing(weights, indices)

@@ -1,0 +1,265 @@
+"""The token-router benchmark's verdicts, tables and plot, from its JSON-ready report.
+
+``targets`` checks the issue's targets at a cache of 2k experts per layer; ``render_token_router``
+gives rich tables for a console; ``plot_token_router`` draws the hit-rate vs ΔPPL Pareto plot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plot_token_router", "render_token_router", "row_checks", "targets"]
+
+_OVERHEAD_BOUND = 5.0  # % of the MoE block
+
+
+def row_checks(row: dict[str, Any], plain: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The per-setting targets of a router row against plain top-k + LRU at the same cache size.
+
+    Returns:
+        Per target (``hit_rate_gain_points`` ≥ 15, ``delta_ppl_pct`` ≤ 1, ``entropy_ratio`` ≥ 0.9,
+        ``dead_experts_per_layer_over_plain`` ≤ 2): ``value``, ``bound`` and ``met``.
+    """
+    checks = {
+        "hit_rate_gain_points": (100 * (row["hit_rate"] - plain["hit_rate"]), ">=", 15.0),
+        "delta_ppl_pct": (row["delta_ppl_pct"], "<=", 1.0),
+        "entropy_ratio": (row["load_entropy"] / max(plain["load_entropy"], 1e-12), ">=", 0.9),
+        "dead_experts_per_layer_over_plain": (
+            row["dead_experts_per_layer"] - plain["dead_experts_per_layer"], "<=", 2.0,
+        ),
+    }  # fmt: skip
+    return {
+        name: {"value": v, "bound": f"{op} {b}", "met": v >= b if op == ">=" else v <= b}
+        for name, (v, op, b) in checks.items()
+    }
+
+
+def _with_all(checks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {**checks, "all_met": all(c["met"] for c in checks.values())}
+
+
+def targets(report: dict[str, Any], mode: str = "decode") -> dict[str, Any]:
+    """The issue's targets at a cache of 2k experts per layer.
+
+    Returns:
+        ``per_lambda``: the checks of every cache-bonus-only row (λ > 0); ``tuned``: those of the
+        tuned policy (λ and γ chosen on train text); ``overhead`` (and ``deployment_overhead``): the
+        selection cost against ≤ 5 % of the MoE block; ``offload_decode_tokens_per_s``: ours faster
+        than plain under real offload.
+    """
+    if mode not in report:
+        mode = next(m for m in ("decode", "prefill") if m in report)
+    cap = str(report["two_k_capacity"])
+    if cap not in report[mode]["ours"]:
+        return {}
+    plain = report[mode]["plain"][cap]["lru"]
+    out: dict[str, Any] = {"mode": mode, "capacity": int(cap), "per_lambda": {}}
+    for lam, row in report[mode]["ours"][cap].items():
+        if float(lam) != 0.0:
+            out["per_lambda"][lam] = _with_all(row_checks(row, plain))
+    if "tuned" in report[mode]:
+        tuned = report[mode]["tuned"]
+        out["tuned"] = {"label": tuned["label"], **_with_all(row_checks(tuned, plain))}
+    for key in ("overhead", "deployment_overhead"):
+        if key in report:
+            pct = report[key]["selection_pct_of_moe_block"]
+            out[key] = {"value": pct, "bound": f"<= {_OVERHEAD_BOUND}", "met": pct <= _OVERHEAD_BOUND}
+    if "offload" in report:
+        off = report["offload"]
+        met = off["ours"]["tokens_per_s"] > off["plain"]["tokens_per_s"]
+        out["offload_decode_tokens_per_s"] = {
+            "target": "real-offload decode tokens/s higher than plain",
+            "value": off["ours"]["tokens_per_s"], "plain": off["plain"]["tokens_per_s"],
+            "lambda": off["lambda"], "capacity": off["capacity"], "met": met,
+            "verdict": "met" if met else "NOT met",
+        }  # fmt: skip
+    return out
+
+
+def _router_row(cap: Any, label: str, cache: str, row: dict[str, Any], delta: str) -> list[str]:
+    return [
+        str(cap), label, cache, f"{row['hit_rate']:.3f}", delta, f"{row['churn']:.3f}",
+        f"{row['repicks_per_token_layer']:.3f}", f"{row['load_entropy']:.3f}", f"{row['max_vio']:.2f}",
+        f"{row['dead_experts_per_layer']:.2f}",
+    ]  # fmt: skip
+
+
+_COLUMNS = (
+    "C",
+    "router",
+    "cache",
+    "hit rate",
+    "ΔPPL %",
+    "churn",
+    "re-picks",
+    "entropy",
+    "MaxVio",
+    "dead/layer",
+)
+
+
+def render_token_router(report: dict[str, Any]) -> list[Any]:
+    """Rich renderables: the model line, the tuning table, per mode the cache runs, the overhead, the
+    real-offload speeds and the targets."""
+    from rich.table import Table
+
+    out: list[Any] = []
+    m = report["model"]
+    training = m.get("training", {})
+    out.append(
+        f"tiny Qwen3-MoE: {m['layers']} layers, E={m['experts']}, k={m['top_k']}, hidden {m['hidden']}; "
+        f"trained {training.get('steps_done', '?')} steps in {training.get('minutes', 0.0):.1f} min, "
+        f"final train loss {training.get('final_loss', 0.0):.3f} nats/byte; held-out: "
+        f"{report['settings']['tokens']} tokens of {report['settings']['documents']} GSM8K test texts"
+    )
+    if "tuning" in report:
+        tune = report["tuning"]
+        table = Table(
+            title=f"tuning on {tune['split']} ({tune['tokens']} tokens, {tune['mode']}, "
+            f"C={tune['capacity']}): plain top-k + LRU hit rate {tune['plain_lru']['hit_rate']:.3f}; chosen "
+            f"λ={tune['chosen']['lambda']} γ={tune['chosen']['balance_gamma']}"
+        )
+        for col in ("λ", "γ", "hit rate", "ΔPPL %", "entropy", "dead/layer", "quality targets"):
+            table.add_column(col, justify="right")
+        for row in tune["rows"].values():
+            table.add_row(
+                str(row["lambda"]), str(row["balance_gamma"]), f"{row['hit_rate']:.3f}",
+                f"{row['delta_ppl_pct']:+.2f}", f"{row['load_entropy']:.3f}",
+                f"{row['dead_experts_per_layer']:.2f}", "met" if row["quality_met"] else "not met",
+            )  # fmt: skip
+        out.append(table)
+    for mode in ("decode", "prefill"):
+        if mode not in report:
+            continue
+        r = report[mode]
+        table = Table(title=f"{mode} (GSM8K test): plain top-k PPL {r['plain_ppl']:.4f} (byte level)")
+        for col in _COLUMNS:
+            table.add_column(col, justify="left" if col in ("router", "cache") else "right")
+        for cap in report["capacities"]:
+            plain = r["plain"][str(cap)]
+            for policy in ("lru", "lru+hysteresis"):
+                table.add_row(*_router_row(cap, "plain top-k", policy, plain[policy], "0"))
+            table.add_row(
+                str(cap), "plain top-k", "belady", f"{plain['belady']['hit_rate']:.3f}", "0", *[""] * 5
+            )
+            for lam, row in r["ours"][str(cap)].items():
+                table.add_row(*_router_row(cap, f"ours λ={lam}", "lru", row, f"{row['delta_ppl_pct']:+.2f}"))
+            for key in ("tuned", "trust"):
+                extra = r.get(key)
+                if extra and extra["capacity"] == cap:
+                    table.add_row(
+                        *_router_row(cap, extra["label"], "lru", extra, f"{extra['delta_ppl_pct']:+.2f}")
+                    )
+            table.add_section()
+        out.append(table)
+    table = Table(title="router cost per layer-token (decode, one token)")
+    for col in (
+        "model",
+        "plain router µs",
+        "neutral µs",
+        "ours µs",
+        "selection µs",
+        "% MoE block",
+        "MoE block µs",
+    ):
+        table.add_column(col, justify="right")
+    for key, name in (("overhead", "tiny (trained)"), ("deployment_overhead", "Qwen3-Omni-30B-A3B layer")):
+        if key in report:
+            o = report[key]
+            keys = ("plain_router_us", "neutral_router_us", "ours_router_us", "selection_us",
+                    "selection_pct_of_moe_block", "moe_block_us")  # fmt: skip
+            table.add_row(name, *(f"{o[k]:.1f}" for k in keys))
+    out.append(table)
+    if "offload" in report:
+        off = report["offload"]
+        out.append(
+            f"real offload, C={off['capacity']}, λ={off['lambda']} γ={off.get('balance_gamma', 0.0)}, "
+            f"{off['tokens']} tokens × {off.get('repeats', 1)} runs (median tok/s): "
+            + ", ".join(
+                f"{name} {off[name]['tokens_per_s']:.0f}"
+                + (f" (hit rate {off[name]['hit_rate']:.2f})" if "hit_rate" in off[name] else "")
+                for name in ("resident", "plain", "ours")
+            )
+            + f"; ours/plain {off['speedup_ours_vs_plain']:.2f}×"
+        )
+    out.extend(_render_targets(report.get("targets", {})))
+    return out
+
+
+def _render_targets(t: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+
+    if not t:
+        return []
+    table = Table(title=f"targets at C = 2k = {t['capacity']} ({t['mode']}, vs plain top-k + LRU)")
+    for col in ("router", "hit-rate gain (≥ 15 pts)", "ΔPPL % (≤ 1)", "entropy ratio (≥ 0.9)",
+                "dead/layer over plain (≤ 2)", "all"):  # fmt: skip
+        table.add_column(col, justify="right")
+
+    def cell(c: dict[str, Any]) -> str:
+        return f"{c['value']:.2f} {'met' if c['met'] else 'NOT met'}"
+
+    rows = [(f"λ={lam}", c) for lam, c in t["per_lambda"].items()]
+    if "tuned" in t:
+        rows.append((t["tuned"]["label"], t["tuned"]))
+    for name, c in rows:
+        table.add_row(
+            name, cell(c["hit_rate_gain_points"]), cell(c["delta_ppl_pct"]), cell(c["entropy_ratio"]),
+            cell(c["dead_experts_per_layer_over_plain"]), "met" if c["all_met"] else "NOT met",
+        )  # fmt: skip
+    out: list[Any] = [table]
+    for key, name in (("overhead", "tiny model"), ("deployment_overhead", "Qwen3-Omni-30B-A3B MoE layer")):
+        if key in t:
+            ov = t[key]
+            out.append(
+                f"selection overhead (≤ 5 % of the MoE block), {name}: {ov['value']:.1f} % — "
+                f"{'met' if ov['met'] else 'NOT met'}"
+            )
+    if "offload_decode_tokens_per_s" in t:
+        o = t["offload_decode_tokens_per_s"]
+        out.append(f"{o['target']}: ours {o['value']:.0f} vs plain {o['plain']:.0f} tok/s — {o['verdict']}")
+    return out
+
+
+def plot_token_router(report: dict[str, Any], path: Path) -> Path:
+    """Hit rate vs ΔPPL (Pareto plot), one panel per mode: the cache bonus's λ curve per cache size,
+    the tuned policy, and plain top-k + LRU / Belady marked at ΔPPL 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = [m for m in ("decode", "prefill") if m in report]
+    fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.5), squeeze=False)
+    for ax, mode in zip(axes[0], modes, strict=True):
+        for i, cap in enumerate(report["capacities"]):
+            color = f"C{i}"
+            rows = report[mode]["ours"][str(cap)]
+            lams = sorted(rows, key=float)
+            ax.plot(
+                [rows[lam]["delta_ppl_pct"] for lam in lams],
+                [rows[lam]["hit_rate"] for lam in lams],
+                "o-", color=color, label=f"ours C={cap}",
+            )  # fmt: skip
+            for lam in lams:
+                ax.annotate(f"λ={lam}", (rows[lam]["delta_ppl_pct"], rows[lam]["hit_rate"]), fontsize=7)
+            plain = report[mode]["plain"][str(cap)]
+            ax.scatter([0], [plain["lru"]["hit_rate"]], marker="s", color=color, label=f"top-k+LRU C={cap}")
+            ax.scatter([0], [plain["belady"]["hit_rate"]], marker="*", s=120, color=color,
+                       label=f"top-k+Belady C={cap}")  # fmt: skip
+        tuned = report[mode].get("tuned")
+        if tuned:
+            ax.scatter([tuned["delta_ppl_pct"]], [tuned["hit_rate"]], marker="D", s=60, color="black",
+                       label=f"{tuned['label']} C={tuned['capacity']}")  # fmt: skip
+        ax.axvline(1.0, color="grey", ls="--", lw=0.8)
+        ax.set_xlabel("ΔPPL vs plain top-k (%)")
+        ax.set_ylabel("expert-cache hit rate")
+        ax.set_title(f"{mode} (E={report['model']['experts']}, k={report['model']['top_k']})")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
