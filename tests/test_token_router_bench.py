@@ -149,6 +149,28 @@ class TestTokenRouterBench:
                      "router cost per layer-token", "real offload", "targets at C = 2k"):  # fmt: skip
             assert part in text
 
+    def test_deployment_runs(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The deployment-size runs (shrunk here) report the overhead and the three offload speeds."""
+        from moe_agents.token_router import bench
+
+        monkeypatch.setitem(bench.DEPLOYMENT_LAYER, "hidden", 64)
+        monkeypatch.setitem(bench.DEPLOYMENT_LAYER, "experts", 8)
+        monkeypatch.setitem(bench.DEPLOYMENT_LAYER, "top_k", 2)
+        monkeypatch.setitem(bench.DEPLOYMENT_LAYER, "moe_intermediate", 16)
+        runs = bench.deployment_runs(
+            TokenPolicy(lam=0.4, protect_top_j=1),
+            DATA,
+            number=3,
+            repeats=1,
+            offload_tokens=5,
+            offload_repeats=1,
+        )
+        assert runs["overhead"]["capacity"] == 4 and runs["overhead"]["moe_block_us"] > 0
+        off = runs["offload"]
+        assert off["tokens"] == 5 and off["weights"] == "random (timing only)"
+        for name in ("plain", "ours"):
+            assert off[name]["hits"] + off[name]["misses"] == 5 * 2
+
     def test_plot_written(
         self, run: tuple[Path, Path, list[dict[str, Any]], dict[str, Any]], tmp_path: Path
     ) -> None:

@@ -39,7 +39,7 @@ from .train import MARKER, SEQ_LEN, VOCAB, encode, gsm8k_texts, progress_bar, tr
 
 __all__ = [
     "DEPLOYMENT_LAYER",
-    "deployment_overhead",
+    "deployment_runs",
     "evaluate_token_router",
     "offload_speed",
     "run_token_router_benchmark",
@@ -163,141 +163,106 @@ def _overhead(
     return result
 
 
-def deployment_overhead(policy: TokenPolicy, *, number: int = 20, repeats: int = 5) -> dict[str, Any]:
-    """The selection overhead on one MoE layer of the deployment target's size (``DEPLOYMENT_LAYER``).
-
-    A one-layer Qwen3-MoE with the Qwen3-Omni-30B-A3B thinker's MoE dimensions (hidden 2048, 128
-    experts of intermediate size 768, top-8; float32, seeded random weights: timing only, about
-    2.4 GB) is timed like the tiny model: router and MoE block for one decode token, patched with a
-    neutral policy and with ``policy``, with a counting cache of 2k experts.
-
-    Returns:
-        The ``_overhead`` row plus ``dims``, ``capacity`` and ``dtype``.
-    """
+def _deployment_model() -> Any:
+    """A one-layer Qwen3-MoE with the deployment target's MoE dimensions, seeded random weights."""
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
     d = DEPLOYMENT_LAYER
     config = Qwen3MoeConfig(  # type: ignore[call-arg]  # head_dim is a Qwen3 config field untyped in __init__
         vocab_size=VOCAB, hidden_size=d["hidden"], intermediate_size=3 * d["hidden"],
-        moe_intermediate_size=d["moe_intermediate"], num_hidden_layers=1, num_attention_heads=32,
-        num_key_value_heads=4, head_dim=128, num_experts=d["experts"], num_experts_per_tok=d["top_k"],
-        norm_topk_prob=True,
+        moe_intermediate_size=d["moe_intermediate"], num_hidden_layers=1,
+        num_attention_heads=max(1, d["hidden"] // 64), num_key_value_heads=max(1, d["hidden"] // 512),
+        head_dim=128, num_experts=d["experts"], num_experts_per_tok=d["top_k"], norm_topk_prob=True,
     )  # fmt: skip
     torch.manual_seed(0)
-    model = Qwen3MoeForCausalLM(config).eval()
-    capacity = 2 * d["top_k"]
-    row = _overhead(model, policy, capacity, number, repeats)
-    del model
-    return {**row, "dims": dict(d), "capacity": capacity, "dtype": "float32"}
+    return Qwen3MoeForCausalLM(config).eval()
+
+
+def deployment_runs(
+    policy: TokenPolicy,
+    data_dir: Path,
+    *,
+    number: int = 20,
+    repeats: int = 5,
+    offload_tokens: int = 100,
+    offload_repeats: int = 2,
+) -> dict[str, Any]:
+    """Selection overhead and real-offload speed on one MoE layer of the deployment target's size.
+
+    A one-layer Qwen3-MoE with the Qwen3-Omni-30B-A3B thinker's MoE dimensions (``DEPLOYMENT_LAYER``:
+    hidden 2048, 128 experts of intermediate size 768, top-8; float32, seeded random weights, about
+    2.4 GB: for timing only, its routing means nothing for quality) is timed like the tiny model:
+    router and MoE block for one decode token, patched with a neutral policy and with ``policy``,
+    with a counting cache of 2k experts; then (unless ``offload_tokens`` is 0) the real-offload
+    decode speed at 2k resident experts, where a miss copies an expert of 18.9 MB.
+
+    Returns:
+        ``overhead`` (the ``_overhead`` row plus ``dims``, ``capacity``, ``dtype``) and, with
+        ``offload_tokens``, ``offload`` (the ``offload_speed`` rows).
+    """
+    model = _deployment_model()
+    capacity = 2 * DEPLOYMENT_LAYER["top_k"]
+    out: dict[str, Any] = {
+        "overhead": {
+            **_overhead(model, policy, capacity, number, repeats),
+            "dims": dict(DEPLOYMENT_LAYER), "capacity": capacity, "dtype": "float32",
+        },
+    }  # fmt: skip
+    if offload_tokens > 0:
+        ids, warmup = _speed_text(data_dir, offload_tokens, 8)
+        out["offload"] = {
+            "capacity": capacity, "lambda": policy.lam, "balance_gamma": policy.balance_gamma,
+            "protect_top_j": policy.protect_top_j, "tokens": ids.shape[1], "repeats": offload_repeats,
+            "weights": "random (timing only)",
+            **_speed_runs(model, ids, warmup, capacity, policy, offload_repeats),
+        }  # fmt: skip
+    return out
 
 
 @torch.no_grad()
-def _greedy(
-    model: nn.Module, prompt: torch.Tensor, tokens: int, on_start: Callable[[], object] | None = None
+def _decode_seconds(
+    model: nn.Module, ids: torch.Tensor, on_start: Callable[[], object] | None = None
 ) -> float:
-    """Seconds to greedy-decode ``tokens`` tokens (one forward each, KV cache) after ``prompt`` ``(1, P)``.
-
-    The prompt's prefill is not timed; ``on_start`` is called after it, just before the clock starts.
-    """
-    out = model(input_ids=prompt, use_cache=True)
-    past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)  # (1, 1)
+    """Seconds to decode the byte tokens ``ids`` ``(1, T)`` one token per forward with a KV cache
+    (teacher-forced, like the decode replay); ``on_start`` is called just before the clock starts."""
+    past = None
     if on_start is not None:
         on_start()
     start = time.perf_counter()
-    for _ in range(tokens):
-        out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    for t in range(ids.shape[1]):
+        past = model(input_ids=ids[:, t : t + 1], past_key_values=past, use_cache=True).past_key_values
     return time.perf_counter() - start
 
 
-def _append_stats(marks: list[OffloadStats], handle: OffloadHandle) -> None:
-    marks.append(handle.stats())
-
-
-def _stats_delta(after: OffloadStats, before: OffloadStats) -> dict[str, float]:
-    hits, misses = after.hits - before.hits, after.misses - before.misses
-    return {
-        "hit_rate": hits / max(1, hits + misses),
-        "hits": hits,
-        "misses": misses,
-        "bytes_copied": after.bytes_copied - before.bytes_copied,
-        "copy_seconds": after.copy_seconds - before.copy_seconds,
-    }
-
-
-def offload_speed(
-    model_path: Path,
-    data_dir: Path,
-    *,
+def _speed_runs(
+    model: nn.Module,
+    ids: torch.Tensor,
+    warmup: torch.Tensor,
     capacity: int,
     policy: TokenPolicy,
-    tokens: int = 200,
-    repeats: int = 3,
-    prompt_tokens: int = 32,
-    warmup_tokens: int = 8,
-    model: nn.Module | None = None,
+    repeats: int,
 ) -> dict[str, Any]:
-    """Real-offload greedy decode speed: resident model vs offloaded plain top-k vs offloaded token router.
-
-    The same held-out prompt (the first GSM8K test problem's first ``prompt_tokens`` byte tokens) is
-    greedy-decoded for ``tokens`` tokens, one token per forward with a KV cache (the prompt's prefill is
-    neither timed nor counted), (a) by the fully resident model, (b) with experts offloaded at
-    ``capacity`` resident slots per layer and plain top-k, and (c) offloaded and patched with
-    ``policy``, whose residency is the real slots. (b) and (c) alternate ``repeats`` times and their
-    median speed is reported, since on a shared machine one run is within the noise. A warm-up decode
-    of ``warmup_tokens`` (not timed, not counted) precedes each timed run; the model is restored after
-    each run.
-
-    Args:
-        model_path: a checkpoint from ``train_tiny_moe``.
-        data_dir: the shared data folder (reads ``gsm8k/test.jsonl``).
-        capacity: resident experts per layer.
-        policy: the token router's policy for (c).
-        tokens: decoded tokens per timed run.
-        repeats: timed runs of each setting.
-        prompt_tokens: prompt length.
-        warmup_tokens: tokens of the untimed warm-up decode.
-        model: the loaded model, to skip loading ``model_path`` again.
-
-    Returns:
-        ``resident``, ``plain`` and ``ours`` rows (``tokens_per_s`` (median), ``runs_tokens_per_s``,
-        ``seconds``; the offloaded ones also ``hit_rate``, ``hits``, ``misses``, ``bytes_copied``,
-        ``copy_seconds`` of one timed run), the settings, and ``speedup_ours_vs_plain``.
-
-    Raises:
-        ConfigError: ``tokens`` or ``repeats`` < 1, or the capacity does not fit the model.
-    """
-    if tokens < 1 or repeats < 1:
-        raise ConfigError(f"tokens={tokens} and repeats={repeats} must both be at least 1")
-    if model is None:
-        from transformers import Qwen3MoeForCausalLM
-
-        model = Qwen3MoeForCausalLM.from_pretrained(model_path)
-    model.eval()
-    prompt = torch.tensor(encode(gsm8k_texts(data_dir, "test", limit=1)[0])[:prompt_tokens]).unsqueeze(0)
-    report: dict[str, Any] = {
-        "capacity": capacity, "lambda": policy.lam, "balance_gamma": policy.balance_gamma,
-        "protect_top_j": policy.protect_top_j, "tokens": tokens, "repeats": repeats,
-        "prompt_tokens": prompt.shape[1], "warmup_tokens": warmup_tokens,
-    }  # fmt: skip
+    """Resident, offloaded plain top-k and offloaded ``policy``, alternating ``repeats`` times."""
+    tokens = ids.shape[1]
     runs: dict[str, list[float]] = {"resident": [], "plain": [], "ours": []}
     rows: dict[str, dict[str, float]] = {}
-    _greedy(model, prompt, warmup_tokens)
+    _decode_seconds(model, warmup)
     with tempfile.TemporaryDirectory(prefix="moe-offload-") as folder:
         for _ in range(repeats):
-            runs["resident"].append(_greedy(model, prompt, tokens))
+            runs["resident"].append(_decode_seconds(model, ids))
             for name in ("plain", "ours"):
                 with offload_experts(model, folder, capacity) as handle:
                     routed = patch(model, policy, cache=handle) if name == "ours" else None
                     try:
-                        _greedy(model, prompt, warmup_tokens)
+                        _decode_seconds(model, warmup)
                         marks: list[OffloadStats] = []
                         mark = functools.partial(_append_stats, marks, handle)
-                        runs[name].append(_greedy(model, prompt, tokens, on_start=mark))
+                        runs[name].append(_decode_seconds(model, ids, on_start=mark))
                         rows[name] = _stats_delta(handle.stats(), marks[0])
                     finally:
                         if routed is not None:
                             routed.unpatch()
+    report: dict[str, Any] = {}
     for name, seconds in runs.items():
         median = statistics.median(seconds)
         report[name] = {
@@ -314,6 +279,82 @@ def offload_speed(
         ours=round(report["ours"]["tokens_per_s"], 1),
     )
     return report
+
+
+def _speed_text(data_dir: Path, tokens: int, warmup_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(1, tokens)`` held-out GSM8K test bytes to time, ``(1, warmup_tokens)`` train bytes to warm up."""
+    ids = torch.cat(_docs(data_dir, tokens))[:tokens].unsqueeze(0)
+    warmup = torch.cat(_docs(data_dir, max(2, warmup_tokens), "train"))[:warmup_tokens].unsqueeze(0)
+    return ids, warmup
+
+
+def offload_speed(
+    model_path: Path,
+    data_dir: Path,
+    *,
+    capacity: int,
+    policy: TokenPolicy,
+    tokens: int = 500,
+    repeats: int = 3,
+    warmup_tokens: int = 16,
+    model: nn.Module | None = None,
+) -> dict[str, Any]:
+    """Real-offload decode speed: resident model vs offloaded plain top-k vs offloaded token router.
+
+    The first ``tokens`` byte tokens of held-out GSM8K test text are decoded one token per forward
+    with a KV cache (teacher-forced, as in the decode replay) (a) by the fully resident model, (b)
+    with experts offloaded at ``capacity`` resident slots per layer and plain top-k, and (c) offloaded
+    and patched with ``policy``, whose residency is the real slots. The three alternate ``repeats``
+    times and the median speed is reported, since on a shared machine one run is within the noise.
+    Each offloaded run starts from empty slots, warmed up on ``warmup_tokens`` train bytes (not
+    timed, not counted); the model is restored after each run.
+
+    Args:
+        model_path: a checkpoint from ``train_tiny_moe``.
+        data_dir: the shared data folder (reads ``gsm8k/test.jsonl`` and ``train.jsonl``).
+        capacity: resident experts per layer.
+        policy: the token router's policy for (c).
+        tokens: decoded tokens per timed run.
+        repeats: timed runs of each setting.
+        warmup_tokens: tokens of the untimed warm-up decode.
+        model: the loaded model, to skip loading ``model_path`` again.
+
+    Returns:
+        ``resident``, ``plain`` and ``ours`` rows (``tokens_per_s`` (median), ``runs_tokens_per_s``,
+        ``seconds``; the offloaded ones also ``hit_rate``, ``hits``, ``misses``, ``bytes_copied``,
+        ``copy_seconds`` of one timed run), the settings, and ``speedup_ours_vs_plain``.
+
+    Raises:
+        ConfigError: ``tokens``, ``repeats`` or ``warmup_tokens`` < 1, or the capacity does not fit.
+    """
+    if min(tokens, repeats, warmup_tokens) < 1:
+        raise ConfigError(f"tokens={tokens}, repeats={repeats} and warmup_tokens={warmup_tokens} must be ≥ 1")
+    if model is None:
+        from transformers import Qwen3MoeForCausalLM
+
+        model = Qwen3MoeForCausalLM.from_pretrained(model_path)
+    model.eval()
+    ids, warmup = _speed_text(data_dir, tokens, warmup_tokens)
+    return {
+        "capacity": capacity, "lambda": policy.lam, "balance_gamma": policy.balance_gamma,
+        "protect_top_j": policy.protect_top_j, "tokens": ids.shape[1], "repeats": repeats,
+        "warmup_tokens": warmup.shape[1], **_speed_runs(model, ids, warmup, capacity, policy, repeats),
+    }  # fmt: skip
+
+
+def _append_stats(marks: list[OffloadStats], handle: OffloadHandle) -> None:
+    marks.append(handle.stats())
+
+
+def _stats_delta(after: OffloadStats, before: OffloadStats) -> dict[str, float]:
+    hits, misses = after.hits - before.hits, after.misses - before.misses
+    return {
+        "hit_rate": hits / max(1, hits + misses),
+        "hits": hits,
+        "misses": misses,
+        "bytes_copied": after.bytes_copied - before.bytes_copied,
+        "copy_seconds": after.copy_seconds - before.copy_seconds,
+    }
 
 
 def _run(
@@ -391,7 +432,7 @@ def evaluate_token_router(
     modes: Sequence[str] = ("decode", "prefill"),
     timing_calls: int = 200,
     deployment: bool = False,
-    offload_tokens: int = 200,
+    offload_tokens: int = 500,
     offload_repeats: int = 3,
     trust_max: float = 0.0,
     calibration_tokens: int | None = None,
@@ -418,10 +459,10 @@ def evaluate_token_router(
         modes: ``"decode"`` (one token per forward, KV cache) and/or ``"prefill"`` (whole texts); the
             tuning uses the first.
         timing_calls: router/MoE-block calls per timing run.
-        deployment: also time the selection on one MoE layer of the deployment target's size
-            (``deployment_overhead``; builds a 2.4 GB layer).
-        offload_tokens: tokens greedy-decoded per run of the real-offload speed test (``offload_speed``
-            at the 2k capacity with the tuned policy); 0 skips it.
+        deployment: also time the selection and the real-offload speed on one MoE layer of the
+            deployment target's size (``deployment_runs``; builds a 2.4 GB layer).
+        offload_tokens: tokens decoded per run of the real-offload speed test (``offload_speed`` at
+            the 2k capacity with the tuned policy; at most 100 on the deployment-size layer); 0 skips it.
         offload_repeats: timed runs per setting of the speed test.
         trust_max: when > 0, per-expert trust is calibrated on GSM8K *train* text (``calibrate_trust``) and
             an extra row "tuned + trust" (2k capacity) is replayed per mode.
@@ -431,8 +472,8 @@ def evaluate_token_router(
     Returns:
         A JSON-ready report: ``model``, ``capacities``, ``tuning``, per mode the ``plain`` rows (per
         capacity and cache policy), ``ours`` rows (per capacity and λ), the ``tuned`` row and, with
-        trust, a ``trust`` row; ``overhead`` (and ``deployment_overhead``), ``offload`` (unless
-        skipped) and ``targets``.
+        trust, a ``trust`` row; ``overhead``, ``offload`` (unless skipped), with ``deployment``
+        ``deployment_overhead`` and ``deployment_offload``, and ``targets``.
 
     Raises:
         ConfigError: ``protect_top_j`` exceeds the model's top-k, or the data is missing.
@@ -516,7 +557,10 @@ def evaluate_token_router(
     report["overhead"] = {**_overhead(model, tuned, cap2k, timing_calls), "lambda": tuned.lam}
     report["overhead"]["balance_gamma"] = tuned.balance_gamma
     if deployment:
-        report["deployment_overhead"] = deployment_overhead(tuned)
+        runs = deployment_runs(tuned, data_dir, offload_tokens=min(offload_tokens, 100))
+        report["deployment_overhead"] = runs["overhead"]
+        if "offload" in runs:
+            report["deployment_offload"] = runs["offload"]
     if trust_max > 0:
         report["trust_calibration"] = _trust_rows(
             model, report, docs, _calibration_batches(data_dir, calibration_tokens or tokens), modes,
