@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from moe_agents.errors import ConfigError
+from moe_agents.routing.permission import permission
 from moe_agents.token_router import (
     ExpertCache,
     TokenPolicy,
@@ -189,6 +190,18 @@ class TestSelection:
         win = select_experts(logits, 2, resident=resident, lam=0.1, delta=math.log(1.6) / 0.1)
         assert sorted(lose.indices[0].tolist()) == [0, 1]
         assert sorted(win.indices[0].tolist()) == [0, 2]
+
+    def test_log_bonus_is_log_permission_persistence(self) -> None:
+        """The resident bonus λΔ is the log of permission()'s persistence factor with h = exp(λΔ) − 1,
+        and selecting with it equals ranking the model's probabilities times that factor."""
+        resident = torch.tensor([True, False, True, False, False, True])
+        lam, delta = 0.3, 2.5
+        _, persistence, scored = permission(
+            torch.softmax(self._logits(1)[:, :6], -1), 0.0, resident.float(), math.expm1(lam * delta)
+        )
+        torch.testing.assert_close(torch.log(persistence), resident.float() * lam * delta)
+        r = select_experts(self._logits(1)[:, :6], 3, resident=resident, lam=lam, delta=delta)
+        assert sorted(r.indices[0].tolist()) == sorted(torch.topk(scored, 3, -1).indices[0].tolist())
 
     def test_weights_come_from_original_probabilities(self) -> None:
         """Weights are the model's probabilities over the final set, renormalised to sum 1."""

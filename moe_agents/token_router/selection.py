@@ -1,11 +1,12 @@
 """One layer's expert selection for a batch of tokens, vectorised over tokens.
 
-The cache bonus goes through the project's ``permission`` function, like every other scale: a
-resident expert's persistence factor is ``1 + h`` with the hysteresis ``h = exp(λ·Δ) − 1`` and zero
-cost. Experts are ranked by the log of their permission, ``log softmax(logits + bias) + log
-persistence``; the log-sum-exp is the same for every expert of a token, so the ranking is that of
-``logits + bias + log persistence``, which needs no second softmax. Selection biases (trust, load
-balance) are the ``bias``. The model's own top-J picks are kept, the other ``k − J`` slots go to the
+The cache bonus is the project's ``permission`` function, like at every other scale: a resident
+expert's persistence factor is ``1 + h`` with the hysteresis ``h = exp(λ·Δ) − 1`` and zero cost.
+Experts are ranked by the log of their permission, ``log softmax(logits + bias) + log
+persistence``; the log-sum-exp is the same for every expert of a token and ``log(1 + h) = λ·Δ``, so
+the ranking is that of ``logits + bias + λ·Δ·resident``, which needs no second softmax (a test
+checks the identity against ``permission``). Selection biases (trust, load balance) are the
+``bias``. The model's own top-J picks are kept, the other ``k − J`` slots go to the
 best adjusted scores, and the routing weights come from the model's *original* softmax probabilities
 over the final set (renormalised when the model renormalises), so a bonus changes who is asked,
 never how much a chosen expert's answer counts relative to the model's own opinion.
@@ -13,12 +14,9 @@ never how much a chosen expert's answer counts relative to the model's own opini
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
-
-from ..routing.permission import permission
 
 __all__ = ["Routing", "select_experts"]
 
@@ -76,12 +74,8 @@ def select_experts(
         adjust = bias  # (E,) log-permission offset shared by every token
         if bonus:
             assert resident is not None
-            hysteresis = (
-                torch.expm1(delta * lam) if isinstance(delta, torch.Tensor) else math.expm1(lam * delta)
-            )
-            resident_f = resident.to(device=logits.device, dtype=torch.float)  # (E,)
-            _, persistence, _ = permission(1.0, 0.0, resident_f, hysteresis)  # type: ignore[arg-type]
-            log_persistence = torch.log(persistence)  # (E,): log(1 + h) for resident experts, 0 otherwise
+            # log persistence = log(1 + h·resident) with h = exp(λΔ) − 1, i.e. exactly λΔ·resident
+            log_persistence = resident.to(device=logits.device, dtype=torch.float) * (delta * lam)  # (E,)
             adjust = log_persistence if adjust is None else adjust + log_persistence
         assert adjust is not None  # a bias, a bonus, or both
         protected = own[:, :j]  # (T, J)
