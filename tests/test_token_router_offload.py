@@ -237,3 +237,14 @@ class TestWithTokenRouter:
 
         plain, ours = decode(TokenPolicy()), decode(TokenPolicy(lam=0.5, protect_top_j=1))
         assert ours > plain + 0.05
+
+
+def test_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """examples/token_router_offload.py runs and prints a hit rate for both routers."""
+    import runpy
+
+    runpy.run_path(
+        str(Path(__file__).resolve().parents[1] / "examples" / "token_router_offload.py"), run_name="__main__"
+    )
+    out = capsys.readouterr().out
+    assert "plain top-k : expert-cache hit rate" in out and "token router: expert-cache hit rate" in out
