@@ -9,7 +9,8 @@ adapted copy of a backend). A model folder with a processor (``processor_config.
 ``preprocessor_config.json``) is loaded with ``AutoModelForMultimodalLM``: image and audio message
 parts go through the processor. Images are tested with LLaVA, audio with Qwen2-Audio (a Whisper
 feature extractor); any model whose processor takes ``{"type": "audio", "audio": <array>}`` chat
-parts should work.
+parts should work. Of a thinker/talker model (Qwen3-Omni-MoE) only the thinker is kept, so replies
+are text; its processor needs torchvision (for its video processor), else loading is a ``ConfigError``.
 """
 
 from __future__ import annotations
@@ -231,8 +232,9 @@ class TransformersBackend:
         nothing when already loaded.
 
         Raises:
-            ConfigError: the model folder, GGUF file or adapter folder does not exist, or an adapter
-                is configured and peft is not installed.
+            ConfigError: the model folder, GGUF file or adapter folder does not exist, an adapter is
+                configured and peft is not installed, or the processor needs a package that is not
+                installed (torchvision for Qwen3-Omni's).
             BackendError: transformers or peft could not load it.
         """
         async with self._lock:
@@ -448,7 +450,7 @@ class TransformersBackend:
         if self.dtype is not None:
             kwargs["dtype"] = self.dtype
         auto: Any = AutoModelForCausalLM if processor is None else AutoModelForMultimodalLM
-        model: Any = auto.from_pretrained(path, **kwargs)
+        model: Any = _text_model(auto.from_pretrained(path, **kwargs))
         if peft_model is not None:
             model = peft_model.from_pretrained(model, adapter)
             if self.merge_adapter:
@@ -462,7 +464,12 @@ class TransformersBackend:
             return None
         from transformers import AutoProcessor, ProcessorMixin
 
-        processor = AutoProcessor.from_pretrained(path)
+        try:
+            processor = AutoProcessor.from_pretrained(path)
+        except ImportError as exc:  # e.g. Qwen3-Omni's video processor needs torchvision, even for audio
+            reason = " ".join(str(exc).split())  # transformers' message spans several lines
+            hint = f"{self.name}: its processor needs a package that is not installed: {reason}"
+            raise ConfigError(hint, path=path) from exc
         return processor if isinstance(processor, ProcessorMixin) else None
 
     def _generate(
@@ -740,6 +747,14 @@ def _eos_ids(config: Any, tokenizer: Any) -> set[int]:
     if eos is None:
         return set()
     return set(eos) if isinstance(eos, list | tuple) else {int(eos)}
+
+
+def _text_model(model: Any) -> Any:
+    """The part of ``model`` that writes the text reply: the thinker of a thinker/talker model
+    (Qwen3-Omni), whose own ``generate`` ignores ``max_new_tokens`` and would run the talker; the
+    model itself otherwise. The talker's weights are dropped with the wrapper."""
+    thinker = getattr(model, "thinker", None)
+    return thinker if callable(getattr(thinker, "generate", None)) else model
 
 
 def _nbytes(model: Any) -> int:
