@@ -25,6 +25,8 @@ from .policy import TokenPolicy as TokenPolicy
 from .router import LayerState as LayerState
 from .selection import Routing as Routing
 from .selection import select_experts as select_experts
+from .tune import Tuning as Tuning
+from .tune import tune_policy as tune_policy
 
 __all__ = [
     "POLICIES",
@@ -36,6 +38,7 @@ __all__ = [
     "PatchHandle",
     "Routing",
     "TokenPolicy",
+    "Tuning",
     "belady_hit_rate",
     "calibrate_trust",
     "dead_experts",
@@ -47,4 +50,5 @@ __all__ = [
     "patch",
     "select_experts",
     "supported_routers",
+    "tune_policy",
 ]

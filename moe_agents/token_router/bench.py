@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .bench_report import plot_token_router, row_checks, targets
+from .bench_report import plot_token_router, targets
 from .cache import ExpertCache, belady_hit_rate
 from .calibrate import calibrate_trust
 from .metrics import CacheStats
@@ -36,6 +36,7 @@ from .offload import OffloadHandle, OffloadStats, offload_experts
 from .patch import patch
 from .policy import TokenPolicy
 from .train import MARKER, SEQ_LEN, VOCAB, encode, gsm8k_texts, progress_bar, train_tiny_moe
+from .tune import cache_row, replay, run_policy, tune_policy, with_ppl
 
 __all__ = [
     "DEPLOYMENT_LAYER",
@@ -78,38 +79,6 @@ def _docs(data_dir: Path, tokens: int, split: str = "test", max_len: int = 4 * S
         docs.append(torch.tensor(ids, dtype=torch.long))
         total += len(ids)
     return docs
-
-
-@torch.no_grad()
-def _replay(model: nn.Module, docs: Sequence[torch.Tensor], mode: str) -> tuple[float, int]:
-    """Negative log-likelihood summed over predicted tokens, and their count, in decode or prefill mode."""
-    nll, count = 0.0, 0
-    for doc in docs:
-        ids = doc.unsqueeze(0)  # (1, T)
-        if mode == "prefill":
-            logits = model(input_ids=ids).logits[0, :-1]  # (T-1, V)
-        else:
-            past, rows = None, []
-            for t in range(ids.shape[1] - 1):
-                out = model(input_ids=ids[:, t : t + 1], past_key_values=past, use_cache=True)
-                past = out.past_key_values
-                rows.append(out.logits[0, -1])
-            logits = torch.stack(rows)  # (T-1, V)
-        nll += float(torch.nn.functional.cross_entropy(logits.float(), doc[1:], reduction="sum"))
-        count += doc.numel() - 1
-    return nll, count
-
-
-def _cache_row(stats: CacheStats) -> dict[str, float]:
-    return {
-        "hit_rate": stats.hit_rate,
-        "churn": stats.churn,
-        "repicks_per_token_layer": stats.repicks / max(1, stats.token_layers),
-        "load_entropy": stats.load_entropy,
-        "max_vio": stats.max_vio,
-        "dead_experts": stats.dead_experts,
-        "dead_experts_per_layer": stats.dead_experts / max(1, stats.load.shape[0]),
-    }
 
 
 def _simulate(trace: Sequence[torch.Tensor], num_experts: int, capacity: int, policy: str) -> CacheStats:
@@ -376,63 +345,6 @@ def _stats_delta(after: OffloadStats, before: OffloadStats) -> dict[str, float]:
     }
 
 
-def _run(
-    model: nn.Module, docs: Sequence[torch.Tensor], mode: str, policy: TokenPolicy, capacity: int
-) -> tuple[dict[str, float], float, int]:
-    """One replay with ``policy`` and an LRU cache of ``capacity``: (cache row, NLL sum, predicted tokens)."""
-    cfg: Any = model.config
-    cache = ExpertCache(cfg.num_hidden_layers, cfg.num_experts, capacity, "lru")
-    with patch(model, policy, cache):
-        nll, count = _replay(model, docs, mode)
-    return _cache_row(cache.stats()), nll, count
-
-
-def _with_ppl(row: dict[str, float], nll: float, count: int, plain_ppl: float) -> dict[str, float]:
-    ppl = math.exp(nll / count)
-    return {**row, "ppl": ppl, "delta_ppl_pct": 100 * (ppl / plain_ppl - 1)}
-
-
-def _tune(
-    model: nn.Module,
-    docs: Sequence[torch.Tensor],
-    mode: str,
-    capacity: int,
-    lambdas: Sequence[float],
-    gammas: Sequence[float],
-    protect_top_j: int,
-    bar: Any,
-    task: Any,
-) -> dict[str, Any]:
-    """Chooses the operating point (λ, γ) on GSM8K *train* text: the best hit rate at the 2k cache
-    among the settings that meet every quality target there (ΔPPL, entropy, dead experts), else among
-    those with ΔPPL ≤ 1 %, else λ = 0.1 without balancing."""
-    plain, nll, count = _run(model, docs, mode, TokenPolicy(), capacity)
-    plain_ppl = math.exp(nll / count)
-    bar.advance(task)
-    rows: dict[str, dict[str, Any]] = {}
-    for lam in lambdas:
-        for gamma in gammas:
-            bar.update(task, description=f"tuning on train text: λ={lam} γ={gamma}")
-            policy = TokenPolicy(lam=lam, protect_top_j=protect_top_j, balance_gamma=gamma)
-            row, nll, _ = _run(model, docs, mode, policy, capacity)
-            row = _with_ppl(row, nll, count, plain_ppl)
-            checks = row_checks(row, plain)
-            rows[f"{lam}/{gamma}"] = {
-                "lambda": lam, "balance_gamma": gamma, **row,
-                "quality_met": all(c["met"] for n, c in checks.items() if n != "hit_rate_gain_points"),
-            }  # fmt: skip
-            bar.advance(task)
-    ranked = [r for r in rows.values() if r["quality_met"]] or [
-        r for r in rows.values() if r["delta_ppl_pct"] <= 1.0
-    ]
-    best = max(ranked, key=lambda r: r["hit_rate"]) if ranked else {"lambda": 0.1, "balance_gamma": 0.0}
-    return {
-        "split": "gsm8k train", "mode": mode, "capacity": capacity, "tokens": sum(len(d) for d in docs),
-        "documents": len(docs), "plain_ppl": plain_ppl, "plain_lru": plain, "rows": rows,
-        "chosen": {"lambda": best["lambda"], "balance_gamma": best["balance_gamma"]},
-    }  # fmt: skip
-
-
 def _calibration_batches(data_dir: Path, tokens: int) -> list[torch.Tensor]:
     """GSM8K *train* texts (from the first), cut to ``SEQ_LEN`` and ``tokens`` byte tokens in all."""
     return [d.unsqueeze(0) for d in _docs(data_dir, tokens, "train", SEQ_LEN)]
@@ -530,25 +442,28 @@ def evaluate_token_router(
             "replaying",
             total=1 + len(positive) * len(balance_gammas) + len(modes) * (2 + len(capacities) * len(lambdas)),
         )
-        report["tuning"] = _tune(
-            model, train_docs, modes[0], cap2k, positive, balance_gammas, protect_top_j, bar, task
-        )
-        chosen = report["tuning"]["chosen"]
-        tuned = TokenPolicy(
-            lam=chosen["lambda"], protect_top_j=protect_top_j, balance_gamma=chosen["balance_gamma"]
-        )
+
+        def tuning_step(what: str) -> None:
+            bar.update(task, description=f"tuning on train text: {what}", advance=1)
+
+        tuning = tune_policy(
+            model, train_docs, capacity=cap2k, lambdas=positive, gammas=balance_gammas,
+            protect_top_j=protect_top_j, mode=modes[0], on_step=tuning_step,
+        )  # fmt: skip
+        report["tuning"] = {"split": "gsm8k train", "documents": len(train_docs), **tuning.to_dict()}
+        tuned = tuning.policy
         for mode in modes:
             bar.update(task, description=f"{mode}: plain top-k")
             recorder = _RecordingCache(layers, num_experts, num_experts)
             with patch(model, TokenPolicy(), recorder):
-                nll, count = _replay(model, docs, mode)
+                nll, count = replay(model, docs, mode)
             plain_ppl = math.exp(nll / count)
             trace = recorder.layer_traces()
             bar.advance(task)
             plain: dict[str, dict[str, Any]] = {}
             for cap in capacities:
                 rows = {
-                    p: _cache_row(_simulate(trace, num_experts, cap, p)) for p in ("lru", "lru+hysteresis")
+                    p: cache_row(_simulate(trace, num_experts, cap, p)) for p in ("lru", "lru+hysteresis")
                 }
                 rows["belady"] = {"hit_rate": belady_hit_rate(trace, cap, num_experts)}
                 plain[str(cap)] = rows
@@ -558,17 +473,17 @@ def evaluate_token_router(
                 for lam in lambdas:
                     bar.update(task, description=f"{mode}: ours C={cap} λ={lam}")
                     policy = TokenPolicy(lam=lam, protect_top_j=protect_top_j)
-                    row, nll_ours, _ = _run(model, docs, mode, policy, cap)
-                    ours[str(cap)][str(lam)] = _with_ppl(row, nll_ours, count, plain_ppl)
+                    row, nll_ours, _ = run_policy(model, docs, mode, policy, cap)
+                    ours[str(cap)][str(lam)] = with_ppl(row, nll_ours, count, plain_ppl)
                     bar.advance(task)
             bar.update(task, description=f"{mode}: tuned policy")
-            row, nll_tuned, _ = _run(model, docs, mode, tuned, cap2k)
+            row, nll_tuned, _ = run_policy(model, docs, mode, tuned, cap2k)
             report[mode] = {
                 "plain_ppl": plain_ppl, "predicted_tokens": count, "plain": plain, "ours": ours,
                 "tuned": {
                     "label": f"ours λ={tuned.lam} γ={tuned.balance_gamma}", "lambda": tuned.lam,
                     "balance_gamma": tuned.balance_gamma, "capacity": cap2k,
-                    **_with_ppl(row, nll_tuned, count, plain_ppl),
+                    **with_ppl(row, nll_tuned, count, plain_ppl),
                 },
             }  # fmt: skip
             bar.advance(task)
@@ -613,12 +528,12 @@ def _trust_rows(
         with patch(model, policy, cache) as handle:
             for layer, t in enumerate(trust):
                 handle.set_trust(layer, t)
-            nll, count = _replay(model, docs, mode)
+            nll, count = replay(model, docs, mode)
         ppl = math.exp(nll / count)
         report[mode]["trust"] = {
             "label": f"ours λ={policy.lam} γ={policy.balance_gamma} + trust", "lambda": policy.lam,
             "balance_gamma": policy.balance_gamma, "trust_max": policy.trust_max,
-            "capacity": cap, **_cache_row(cache.stats()), "ppl": ppl,
+            "capacity": cap, **cache_row(cache.stats()), "ppl": ppl,
             "delta_ppl_pct": 100 * (ppl / report[mode]["plain_ppl"] - 1),
         }  # fmt: skip
     return {

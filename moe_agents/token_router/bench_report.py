@@ -9,30 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_token_router", "render_token_router", "row_checks", "targets"]
+from .tune import row_checks
+
+__all__ = ["plot_token_router", "render_token_router", "targets"]
 
 _OVERHEAD_BOUND = 5.0  # % of the MoE block
-
-
-def row_checks(row: dict[str, Any], plain: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The per-setting targets of a router row against plain top-k + LRU at the same cache size.
-
-    Returns:
-        Per target (``hit_rate_gain_points`` ≥ 15, ``delta_ppl_pct`` ≤ 1, ``entropy_ratio`` ≥ 0.9,
-        ``dead_experts_per_layer_over_plain`` ≤ 2): ``value``, ``bound`` and ``met``.
-    """
-    checks = {
-        "hit_rate_gain_points": (100 * (row["hit_rate"] - plain["hit_rate"]), ">=", 15.0),
-        "delta_ppl_pct": (row["delta_ppl_pct"], "<=", 1.0),
-        "entropy_ratio": (row["load_entropy"] / max(plain["load_entropy"], 1e-12), ">=", 0.9),
-        "dead_experts_per_layer_over_plain": (
-            row["dead_experts_per_layer"] - plain["dead_experts_per_layer"], "<=", 2.0,
-        ),
-    }  # fmt: skip
-    return {
-        name: {"value": v, "bound": f"{op} {b}", "met": v >= b if op == ">=" else v <= b}
-        for name, (v, op, b) in checks.items()
-    }
 
 
 def _with_all(checks: dict[str, dict[str, Any]]) -> dict[str, Any]:
