@@ -519,22 +519,15 @@ def _trust_rows(
     policy: TokenPolicy,
 ) -> dict[str, Any]:
     """Calibrates trust (plain routing) on ``batches``, then replays ``policy`` with it at the 2k cache."""
-    cfg = model.config
-    layers, num_experts, cap = cfg.num_hidden_layers, cfg.num_experts, report["two_k_capacity"]
+    cap = report["two_k_capacity"]
     with patch(model, TokenPolicy()) as handle:
         trust = calibrate_trust(model, handle, batches)
     for mode in modes:
-        cache = ExpertCache(layers, num_experts, cap, "lru")
-        with patch(model, policy, cache) as handle:
-            for layer, t in enumerate(trust):
-                handle.set_trust(layer, t)
-            nll, count = replay(model, docs, mode)
-        ppl = math.exp(nll / count)
+        row, nll, count = run_policy(model, docs, mode, policy, cap, trust)
         report[mode]["trust"] = {
             "label": f"ours λ={policy.lam} γ={policy.balance_gamma} + trust", "lambda": policy.lam,
             "balance_gamma": policy.balance_gamma, "trust_max": policy.trust_max,
-            "capacity": cap, **cache_row(cache.stats()), "ppl": ppl,
-            "delta_ppl_pct": 100 * (ppl / report[mode]["plain_ppl"] - 1),
+            "capacity": cap, **with_ppl(row, nll, count, report[mode]["plain_ppl"]),
         }  # fmt: skip
     return {
         "split": "gsm8k train", "tokens": sum(b.numel() for b in batches), "documents": len(batches),

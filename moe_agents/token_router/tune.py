@@ -73,16 +73,23 @@ def cache_row(stats: CacheStats) -> dict[str, float]:
 
 
 def run_policy(
-    model: nn.Module, docs: Sequence[torch.Tensor], mode: str, policy: TokenPolicy, capacity: int
+    model: nn.Module,
+    docs: Sequence[torch.Tensor],
+    mode: str,
+    policy: TokenPolicy,
+    capacity: int,
+    trust: Sequence[torch.Tensor] | None = None,
 ) -> tuple[dict[str, float], float, int]:
-    """One replay with ``policy`` and an LRU cache of ``capacity``.
+    """One replay with ``policy`` and an LRU cache of ``capacity`` (and per-layer ``trust``, if given).
 
     Returns:
         The cache row (``cache_row``), the NLL sum and the number of predicted tokens.
     """
     cfg: Any = model.config
     cache = ExpertCache(cfg.num_hidden_layers, cfg.num_experts, capacity, "lru")
-    with patch(model, policy, cache):
+    with patch(model, policy, cache) as handle:
+        for layer, t in enumerate(trust or ()):
+            handle.set_trust(layer, t)
         nll, count = replay(model, docs, mode)
     return cache_row(cache.stats()), nll, count
 
