@@ -37,6 +37,9 @@ LoRA folder its local ``transformers`` backends apply). Model and adapter folder
 the YAML file when they exist there.
 
 Strings may contain ``${ENV_VAR}`` or ``${ENV_VAR:-default}``; a missing variable is an error.
+An expert with ``routed: false`` is never chosen by routing, only called by the aggregator (as
+``synthesis_expert``). The seed plan's shape, a single top-level ``moe:`` mapping, is translated
+into these keys first (``moe_agents.config_seed``).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .aggregators.base import Aggregator
 from .backends.base import Backend, GenerationSettings
 from .budget import BudgetConfig
+from .config_seed import Shape, translate
 from .errors import ConfigError, MoEError
 from .inputs import InputLimits
 from .management import ABTest, HealthPolicy, RankingWeights, ScalingPolicy
@@ -297,6 +301,7 @@ class ExpertSpec(_Spec):
     scorer: str | None = None
     context_tokens: int | None = Field(default=None, ge=0)
     adapter: str | None = None
+    routed: bool = True
     options: dict[str, Any] = {}
 
 
@@ -324,15 +329,20 @@ def default_config_path() -> Path:
 
 
 def read_config(path: str | Path) -> tuple[PipelineSpec, dict[Loc, int]]:
-    """Reads and validates a YAML pipeline file.
+    """Reads and validates a YAML pipeline file (the seed plan's ``moe:`` shape is translated
+    into today's keys first).
 
     Returns:
-        The validated spec and a map from key paths to 1-based line numbers.
+        The validated spec and a map from its key paths to 1-based line numbers.
 
     Raises:
         ConfigError: the file is missing, malformed, or invalid; it names the file, line and key.
     """
-    path = Path(path)
+    spec, shape = _read(Path(path), registry)
+    return spec, shape.lines
+
+
+def _read(path: Path, registry: Registry) -> tuple[PipelineSpec, Shape]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -351,10 +361,12 @@ def read_config(path: str | Path) -> tuple[PipelineSpec, dict[Loc, int]]:
     data = _to_python(node, (), lines, path) if node is not None else None
     if not isinstance(data, dict):
         raise ConfigError("the configuration must be a mapping with an `experts:` list", path=path, line=1)
-    try:
-        return PipelineSpec.model_validate(data), lines
-    except ValidationError as exc:
-        raise _config_error(exc, path, lines, data, ()) from exc
+    shape = translate(data, lines, path, today=PipelineSpec.model_fields, registry=registry)
+    with shape.located():
+        try:
+            return PipelineSpec.model_validate(shape.data), shape
+        except ValidationError as exc:
+            raise _config_error(exc, path, shape.lines, shape.data, ()) from exc
 
 
 def load_pipeline(
@@ -374,8 +386,9 @@ def load_pipeline(
     Raises:
         ConfigError: naming the file, the line and the key path.
     """
-    spec, lines = read_config(path)
-    return build_pipeline(spec, path=Path(path), lines=lines, backends=backends, registry=registry)
+    spec, shape = _read(Path(path), registry)
+    with shape.located():
+        return build_pipeline(spec, path=shape.path, lines=shape.lines, backends=backends, registry=registry)
 
 
 def build_pipeline(
@@ -447,7 +460,7 @@ class _Builder:
             budget = BudgetConfig(usd=b.usd, tokens=b.tokens, cheap_price=b.cheap_price)
         rt = self.spec.runtime
         try:
-            return Pipeline(
+            pipeline = Pipeline(
                 experts,
                 router=self.router(encoder, names),
                 aggregator=self.aggregator(names),
@@ -463,6 +476,13 @@ class _Builder:
             if exc.path is not None:
                 raise
             raise self.error(exc.message, ("runtime",)) from None
+        for i, e in enumerate(self.spec.experts):
+            if not e.routed:
+                try:
+                    pipeline.disable(e.name, "not routed: called by the aggregator only")
+                except ConfigError as exc:
+                    raise self.error(exc.message, ("experts", i, "routed")) from None
+        return pipeline
 
     def management(self, names: Sequence[str]) -> ManagementConfig | None:
         m, tests = self.spec.management, self.spec.ab_tests
@@ -537,10 +557,9 @@ class _Builder:
 
     def router(self, encoder: Encoder, names: Sequence[str]) -> Router:
         r = self.spec.router
-        if r.top_k > len(names):
-            raise self.error(
-                f"top_k is {r.top_k} but there are only {len(names)} experts", ("router", "top_k")
-            )
+        routed = sum(e.routed for e in self.spec.experts)
+        if r.top_k > routed:
+            raise self.error(f"top_k is {r.top_k} but there are only {routed} experts", ("router", "top_k"))
         if r.fallback_expert is not None and r.fallback_expert not in names:
             raise self.error(
                 f"fallback_expert {r.fallback_expert!r} is not an expert; experts: {list(names)}",
