@@ -43,15 +43,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from .errors import ConfigError
+from .logging import get_logger
 from .registry import Registry
 from .resources import BUNDLED_ENCODER
 
 __all__ = ["ROUTER_TYPES", "SEED_KEY", "Shape", "translate"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 Loc = tuple[str | int, ...]
 

@@ -1,9 +1,24 @@
-"""Keeping secrets out of logs: a structlog processor that masks API keys, tokens and passwords.
+"""The library's logging: structlog events on the standard ``logging`` module, secrets masked.
 
-The library never configures structlog; an application puts ``redact_secrets`` in its processor
-chain, before the renderer (the ``moe-agents`` CLI does)::
+**A silent library.** Every module logs through :func:`get_logger`: a structlog logger (dotted
+event names with key/value fields) whose output goes to the standard library logger of the same
+name (``moe_agents.routing.router``, ...). The ``moe_agents`` logger has a ``NullHandler``, so an
+application that configures nothing sees nothing, and events below the stdlib logger's level are
+dropped before any processor runs (no cost when no one listens). An application opts in the usual
+way::
+
+    logging.basicConfig(level=logging.INFO)                 # events appear as rendered lines
+    logging.getLogger("moe_agents").setLevel(logging.DEBUG)  # or only this library's
+
+The event dict is rendered by structlog's configured processors (the application's, if it
+configured structlog; structlog's defaults otherwise). The library never calls
+``structlog.configure()``; the ``moe-agents`` CLI (an application) does, and puts
+``redact_secrets`` in its chain, before the renderer::
 
     structlog.configure(processors=[..., redact_secrets, structlog.dev.ConsoleRenderer()])
+
+**Keeping secrets out of logs**: ``redact_secrets`` is a structlog processor that masks API keys,
+tokens and passwords.
 
 Three rules, each replacing what it finds with ``***``:
 
@@ -22,6 +37,7 @@ Three rules, each replacing what it finds with ``***``:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -30,9 +46,55 @@ from collections.abc import Mapping, MutableMapping
 from functools import lru_cache
 from typing import Any
 
+import structlog
 from pydantic import SecretBytes, SecretStr
 
-__all__ = ["redact_secrets", "redact_text"]
+__all__ = ["LIBRARY_LOGGER", "get_logger", "redact_secrets", "redact_text"]
+
+LIBRARY_LOGGER = "moe_agents"
+"""The standard library logger above every logger of this package."""
+
+logging.getLogger(LIBRARY_LOGGER).addHandler(logging.NullHandler())
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "msg": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+
+
+class _StdlibBoundLogger(structlog.stdlib.BoundLogger):
+    """structlog's stdlib logger that asks the stdlib logger's level first: a disabled event costs
+    one ``isEnabledFor`` call, no processor runs."""
+
+    def _proxy_to_logger(self, method_name: str, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if not self._logger.isEnabledFor(_LEVELS.get(method_name, logging.INFO)):
+            return None
+        return super()._proxy_to_logger(method_name, event, *args, **kw)
+
+    def exception(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        """An error with the current exception: the processors render it (masked), so the stdlib
+        record carries none (``Logger.exception`` would append it again, unmasked)."""
+        kw.setdefault("exc_info", True)
+        return self._proxy_to_logger("error", event, *args, **kw)
+
+
+def get_logger(name: str) -> Any:
+    """The structlog logger for module ``name``, writing to the stdlib logger of the same name.
+
+    Args:
+        name: the module's ``__name__``.
+
+    Returns:
+        A structlog bound logger (``log.info("route.selected", experts=...)``).
+    """
+    return structlog.wrap_logger(logging.getLogger(name), wrapper_class=_StdlibBoundLogger)
 
 MASK = "***"
 

@@ -22,16 +22,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
 from .backends.base import Backend, ChunkCallback, Completion, GenerationSettings
 from .errors import BackendError, BackendUnavailable, check_settings
+from .logging import get_logger
 from .types import Message
 
 __all__ = ["BreakerPolicy", "CircuitBreaker", "GuardedBackend", "RetryPolicy", "guard"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

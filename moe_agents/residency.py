@@ -32,10 +32,10 @@ from typing import Any, Protocol
 
 import anyio
 import numpy as np
-import structlog
 
 from .backends.base import Backend, ChunkCallback, Completion, GenerationSettings
 from .errors import ConfigError, RunError, check_settings
+from .logging import get_logger
 from .routing.permission import permission
 from .types import Message
 
@@ -49,7 +49,7 @@ __all__ = [
     "ResidentBackend",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 GB = 1_000_000_000
 """One gigabyte (10⁹ bytes): ``ResidencyConfig(budget_bytes=16 * GB)``."""

@@ -18,13 +18,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
 
-import structlog
-
 from .errors import ConfigError, RunError
+from .logging import get_logger
 
 __all__ = ["BUSY_TIMEOUT_S", "Migration", "SQLiteStore", "transaction"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 BUSY_TIMEOUT_S = 30.0
 """How long a write waits for another connection's lock before failing."""

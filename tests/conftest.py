@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import tempfile
@@ -17,6 +18,10 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ["MOE_AGENTS_CACHE_DIR"] = tempfile.mkdtemp(prefix="moe-agents-tests-")
 # the trust store's default file, never in the user's data folder
 os.environ["MOE_AGENTS_DATA_DIR"] = tempfile.mkdtemp(prefix="moe-agents-data-")
+
+# the library logs through stdlib logging and is silent by default; tests read every event
+# (structlog's capture_logs) without printing any (the library's NullHandler)
+logging.getLogger("moe_agents").setLevel(logging.DEBUG)
 
 _real_connect = socket.socket.connect
 
@@ -39,6 +44,10 @@ def _reset_structlog() -> Iterator[None]:
     """The CLI configures structlog (as an application should); tests start from the defaults."""
     yield
     structlog.reset_defaults()
+    library = logging.getLogger("moe_agents")
+    for handler in [h for h in library.handlers if not isinstance(h, logging.NullHandler)]:
+        library.removeHandler(handler)
+    library.setLevel(logging.DEBUG)
 
 
 @pytest.fixture(scope="session")

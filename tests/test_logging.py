@@ -10,7 +10,7 @@ import structlog
 from pydantic import SecretBytes, SecretStr
 
 from moe_agents.cli import _setup_logging
-from moe_agents.logging import redact_secrets, redact_text
+from moe_agents.logging import get_logger, redact_secrets, redact_text
 
 OPENAI = "sk-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKL"
 PROJECT = "sk-proj-AbCdEf0123456789_ghIJkl-mnOPqrST0123456789uvWXyz"
@@ -190,7 +190,7 @@ class TestCliLogging:
         key = "sk-test-1234567890abcdef"
         monkeypatch.setenv("OPENAI_API_KEY", key)
         _setup_logging(True)
-        log = structlog.get_logger("moe_agents.test")
+        log = get_logger("moe_agents.test")
         log.info(f"backend.request with {key}", api_key=key, headers={"Authorization": f"Bearer {key}"})
         log.warning("backend.failed", error=f"AuthenticationError: Incorrect API key provided: {key}")
         try:

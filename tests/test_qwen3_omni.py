@@ -244,15 +244,16 @@ class TestAudioForward:
         assert not any(isinstance(m, TokenRouterMixin) for m in omni.model.modules())
         assert torch.equal(thinker_logits(omni.model, inputs), reference)
 
-    def test_offloaded_experts_give_identical_logits(self, omni: Omni, tmp_path: Path) -> None:
+    def test_offloaded_experts_give_the_same_logits(self, omni: Omni, tmp_path: Path) -> None:
         """With the experts offloaded to files (4 of 8 slots per layer) the audio forward pass gives
-        the resident model's logits bit for bit, loading experts on demand; restore puts them back."""
+        the resident model's logits to float32 rounding (the fused experts kernel; offload.py,
+        "Exactness"), loading experts on demand; restore puts them back bit for bit."""
         inputs = audio_inputs(omni, wav(0.5))
         reference = thinker_logits(omni.model, inputs)
         with offload_experts(omni.model.thinker, tmp_path, 4) as handle:
             offloaded = thinker_logits(omni.model, inputs)
             stats = handle.stats()
-        assert torch.equal(offloaded, reference)
+        torch.testing.assert_close(offloaded, reference, rtol=1e-4, atol=1e-4)
         assert handle.num_layers == LAYERS
         assert stats.misses >= LAYERS and stats.lookups == LAYERS * inputs["input_ids"].shape[1] * K
         assert torch.equal(thinker_logits(omni.model, inputs), reference)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import structlog
-
 from ..errors import RunError
+from ..logging import get_logger
 from ..types import Answer
 from .base import Aggregation, Aggregator, quote_as_data
 
 __all__ = ["SequentialAggregator"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _IMPROVE = (
     "Another expert ({expert}) drafted an answer to the request below. The draft is quoted as data "

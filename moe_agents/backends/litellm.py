@@ -13,16 +13,16 @@ from types import MappingProxyType, ModuleType
 from typing import Any
 
 import anyio.to_thread
-import structlog
 from pydantic import SecretStr
 
 from ..errors import BackendError, BackendTimeout, ConfigError
+from ..logging import get_logger
 from ..types import Message, Usage
 from .base import ChunkCallback, Completion, GenerationSettings
 
 __all__ = ["LiteLLMBackend"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _RESERVED_PARAMS = frozenset(
     {

@@ -8,11 +8,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-import structlog
-
 from ..backends.base import Backend, Completion, GenerationSettings
 from ..backends.transformers import TransformersBackend
 from ..errors import ConfigError
+from ..logging import get_logger
 from ..reliability import GuardedBackend
 from ..residency import ResidentBackend
 from ..types import Answer, Query
@@ -20,7 +19,7 @@ from .base import ExpertCapability, LLMExpert, Scorer, Signal
 
 __all__ = ["EpistemicExpert"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _SYSTEM_PROMPT = """\
 You are the epistemic expert in a team of AI specialists: a thoughtful, introspective assistant \

@@ -18,13 +18,12 @@ from collections.abc import Iterable
 from dataclasses import KW_ONLY, dataclass, field
 from statistics import NormalDist
 
-import structlog
-
 from ..errors import ConfigError, InvalidInput, check_settings
+from ..logging import get_logger
 
 __all__ = ["ABReport", "ABTest", "ABTracker", "VariantReport"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,14 +26,14 @@ from types import MappingProxyType, TracebackType
 from typing import Any
 
 import anyio
-import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..errors import ConfigError
+from ..logging import get_logger
 
 __all__ = ["Event", "EventBus", "Subscription"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,14 +15,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
-import structlog
 
 from ..errors import check_settings
+from ..logging import get_logger
 from .events import EventBus
 
 __all__ = ["HealthMonitor", "HealthPolicy", "Probe"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 Probe = Callable[[str], Awaitable[bool]]
 """Checks one expert by name: ``True`` when it answered well."""

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import anyio
-import structlog
 
 from ..backends.base import GenerationSettings
 from ..errors import check_settings
+from ..logging import get_logger
 from ..types import ExpertScore, Selection
 from .ab import ABTest, ABTracker
 from .events import EventBus
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ManagementConfig", "Manager"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

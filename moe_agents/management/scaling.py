@@ -23,14 +23,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
-import structlog
-
 from ..errors import InvalidInput, check_settings
 from ..experts.base import Expert
+from ..logging import get_logger
 
 __all__ = ["AutoScaler", "Decision", "Observation", "ScalingPolicy"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 Action = Literal["scale_up", "scale_down", "disable"]
 

@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import SecretStr
 
 from ..errors import BackendError, ConfigError
+from ..lazy import quiet_loading, transformers_names
 from ..resources import BUNDLED_ENCODER, resolve_path
 
 if TYPE_CHECKING:
@@ -62,12 +63,13 @@ class SentenceEncoder:
         with self._lock:
             if self._model is not None:
                 return
-            from transformers import AutoModel, AutoTokenizer
+            AutoModel, AutoTokenizer = transformers_names("AutoModel", "AutoTokenizer")
 
             folder = resolve_path(self.path)
             try:
-                self._tokenizer = AutoTokenizer.from_pretrained(folder)
-                self._model = AutoModel.from_pretrained(folder).eval()
+                with quiet_loading():
+                    self._tokenizer = AutoTokenizer.from_pretrained(folder)
+                    self._model = AutoModel.from_pretrained(folder).eval()
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"cannot load encoder from {folder}: {exc}") from exc
 

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 
 import anyio
 import numpy as np
-import structlog
 
 from ..errors import BackendUnavailable, ConfigError, NoCapableExpert
 from ..experts.base import Expert
+from ..logging import get_logger
 from ..types import ExpertScore, Query, Selection
 from .context import ContextConfig, KMeansContexts, gate_context
 from .encoder import BatchingEncoder, Encoder, bundled_encoder
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Router", "RouterConfig", "gate_cache_dir"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _ExemplarKey = tuple[tuple[str, tuple[str, ...]], ...]
 

@@ -29,14 +29,14 @@ from types import MappingProxyType
 from typing import IO, Any, ClassVar, Literal
 
 import numpy as np
-import structlog
 
 from ..errors import InvalidInput, RunError, check_settings
+from ..logging import get_logger
 from ..sqlite import Migration, SQLiteStore
 
 __all__ = ["POOLED", "Migration", "TrustStat", "TrustStore"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 LOG_FIELDS = ("id", "ts", "expert", "context", "score", "source", "result_id")
 

@@ -23,11 +23,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import structlog
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..logging import get_logger
 from .bench_report import plot_token_router, targets
 from .cache import ExpertCache, belady_hit_rate
 from .calibrate import calibrate_trust
@@ -46,7 +46,7 @@ __all__ = [
     "run_token_router_benchmark",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 # One MoE layer of the deployment target: the Qwen3-Omni-30B-A3B thinker (= Qwen3-30B-A3B) text layer.
 DEPLOYMENT_LAYER = {"hidden": 2048, "experts": 128, "top_k": 8, "moe_intermediate": 768}
@@ -213,12 +213,12 @@ def _decode_seconds(
 ) -> float:
     """Seconds to decode the byte tokens ``ids`` ``(1, T)`` one token per forward with a KV cache
     (teacher-forced, like the decode replay); ``on_start`` is called just before the clock starts."""
-    past = None
+    cache = None
     if on_start is not None:
         on_start()
     start = time.perf_counter()
     for t in range(ids.shape[1]):
-        past = model(input_ids=ids[:, t : t + 1], past_key_values=past, use_cache=True).past_key_values
+        cache = model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True).cache
     return time.perf_counter() - start
 
 

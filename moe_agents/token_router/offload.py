@@ -18,6 +18,17 @@ most C, entries outside the wave get the sentinel id C with weight 0 (the interf
 expert-parallel convention, hence ``_is_expert_parallel = True`` on the view), and the waves' outputs
 are summed.
 
+Exactness. Each expert sees the same tokens and weights as in the resident model; what changes is
+the layout the kernel is handed (slot ids instead of expert ids, and waves whose partial sums are
+added). With the ``eager`` experts implementation (a loop over experts, ``index_add_`` per token)
+the outputs are bit-identical to the resident model's, at every capacity. With the fused kernels
+(``grouped_mm``, transformers' default for most MoE models, and ``batched_mm``) the grouped matrix
+products run over another grouping of the same rows, and on the CPU they may block their sums
+differently, so outputs agree to float32 rounding, not bit for bit (seen on tiny models: up to
+1.5e-5 absolute on an MoE block's output); the tests hold logits to ``rtol=atol=1e-4`` and greedy
+tokens to equality. Use ``model.set_experts_implementation("eager")`` where bit-identity matters
+more than speed. ``restore()`` is always bit-exact.
+
 Counting: a lookup is one (token, selected expert) pair; the first lookup of a non-resident expert in
 a call is the miss that loads it, every other lookup is a hit, so ``hits + misses`` is the number of
 pairs and ``bytes_copied == misses × expert_bytes``. Residency is per call, not per token, so in a

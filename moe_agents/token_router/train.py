@@ -14,14 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import structlog
 import torch
 
 from ..errors import ConfigError
+from ..logging import get_logger
 
 __all__ = ["BOS", "EOS", "SEQ_LEN", "VOCAB", "encode", "gsm8k_texts", "progress_bar", "train_tiny_moe"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 BOS, EOS = 256, 257

@@ -48,10 +48,10 @@ def replay(model: nn.Module, docs: Sequence[torch.Tensor], mode: str) -> tuple[f
         if mode == "prefill":
             logits = model(input_ids=ids).logits[0, :-1]  # (T-1, V)
         else:
-            past, rows = None, []
+            cache, rows = None, []
             for t in range(ids.shape[1] - 1):
-                out = model(input_ids=ids[:, t : t + 1], past_key_values=past, use_cache=True)
-                past = out.past_key_values
+                out = model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True)
+                cache = out.cache
                 rows.append(out.logits[0, -1])
             logits = torch.stack(rows)  # (T-1, V)
         nll += float(torch.nn.functional.cross_entropy(logits.float(), doc[1:], reduction="sum"))

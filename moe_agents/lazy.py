@@ -1,0 +1,77 @@
+"""transformers from worker threads: imports one thread at a time, and quiet model loading.
+
+transformers 5.x resolves its public names lazily (``_LazyModule.__getattr__``), and two threads
+resolving names at once can fail with ``ImportError: cannot import name 'AutoModel'``: the local
+encoder and a local backend load in parallel worker threads when a pipeline starts. Every lazy
+import of transformers in this package goes through :func:`transformers_names`.
+
+Loading a model draws transformers' progress bars on stderr. A library prints nothing unasked, so
+:func:`quiet_loading` hides them unless the application enabled this library's INFO events
+(``logging.getLogger("moe_agents").setLevel(logging.INFO)``, or the CLI's ``--verbose``). The GGUF
+converter's bar is a plain ``tqdm`` that transformers' switch does not reach (and tqdm reads
+``TQDM_DISABLE`` only at import), so it is swapped for a disabled one while the load runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from typing import Any
+
+__all__ = ["quiet_loading", "transformers_names"]
+
+_IMPORT_LOCK = threading.Lock()
+_QUIET_LOCK = threading.Lock()
+_quiet_depth = 0
+_bars_were_disabled = False
+_gguf_tqdm: Any = None
+
+
+def transformers_names(*names: str) -> tuple[Any, ...]:
+    """The named attributes of ``transformers``, resolved under one process-wide lock.
+
+    Args:
+        names: public names, e.g. ``"AutoModel", "AutoTokenizer"``.
+
+    Returns:
+        The objects, in the order asked.
+    """
+    with _IMPORT_LOCK:
+        import transformers
+
+        return tuple(getattr(transformers, name) for name in names)
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Hides transformers' progress bars while a model loads, unless this library's INFO events are
+    enabled; the previous setting is restored when the last concurrent load ends."""
+    global _quiet_depth, _bars_were_disabled, _gguf_tqdm
+    if logging.getLogger("moe_agents").isEnabledFor(logging.INFO):
+        yield
+        return
+    (hf_logging,) = transformers_names("logging")
+    with _QUIET_LOCK:
+        if _quiet_depth == 0:
+            _bars_were_disabled = hf_logging.is_progress_bar_enabled() is False
+            hf_logging.disable_progress_bar()
+            _gguf_tqdm = _gguf_module().tqdm
+            _gguf_module().tqdm = partial(_gguf_tqdm, disable=True)
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _QUIET_LOCK:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                _gguf_module().tqdm = _gguf_tqdm
+                if not _bars_were_disabled:
+                    hf_logging.enable_progress_bar()
+
+
+def _gguf_module() -> Any:
+    return importlib.import_module("transformers.modeling_gguf_pytorch_utils")
