@@ -58,6 +58,7 @@ from .aggregators.base import Aggregator
 from .backends.base import Backend, GenerationSettings
 from .budget import BudgetConfig
 from .config_seed import Shape, translate
+from .continuity import THRESHOLD as CONTINUE_THRESHOLD
 from .errors import ConfigError, MoEError
 from .inputs import InputLimits
 from .management import ABTest, HealthPolicy, RankingWeights, ScalingPolicy
@@ -224,12 +225,16 @@ class RuntimeSpec(_Spec):
 
 
 class MemorySpec(_Spec):
-    """``memory:``: conversation memory for queries with a ``session_id``."""
+    """``memory:``: conversation memory for queries with a ``session_id``; the fields of
+    ``MemoryConfig`` (``similarity_threshold`` and ``same_expert`` decide when recent turns are
+    given, see ``moe_agents.continuity``)."""
 
     path: str | None = None
     recent_turns: int = Field(default=8, ge=0)
     recall_k: int = Field(default=3, ge=0)
     weights: list[float] = Field(default=[0.3, 0.2, 0.3, 0.2], min_length=4, max_length=4)
+    similarity_threshold: float = Field(default=CONTINUE_THRESHOLD, ge=-1.0, le=1.0)
+    same_expert: bool = True
 
 
 class ManagementSpec(_Spec):
@@ -526,7 +531,14 @@ class _Builder:
             return None
         path = None if m.path is None else m.path if m.path == ":memory:" else _relative(m.path, self.base)
         try:
-            config = MemoryConfig(path, m.recent_turns, m.recall_k, tuple(m.weights))  # type: ignore[arg-type]
+            config = MemoryConfig(
+                path,
+                m.recent_turns,
+                m.recall_k,
+                tuple(m.weights),  # type: ignore[arg-type]
+                similarity_threshold=m.similarity_threshold,
+                same_expert=m.same_expert,
+            )
             return MemoryStore(config, encoder=encoder)
         except MoEError as exc:
             raise self.error(str(exc), ("memory",)) from None

@@ -16,8 +16,10 @@ Per session (``Query.session_id``) the store keeps:
       salience = (w_n * novelty + w_s * surprise + w_r * reward + w_c * conflict) / (w_n + w_s + w_r + w_c)
 
 ``recall`` ranks a session's memories by ``cosine similarity * (0.5 + 0.5 * salience)``, skipping
-the exchanges still in the recent buffer (they are given verbatim anyway). ``context_for`` packs
-the recent turns, newest first, then the best memories into a token budget.
+the exchanges still in the recent buffer (they are given verbatim anyway) and those less similar to
+the query than ``similarity_threshold``. ``context_for`` packs the recent turns (or those the
+caller chose, see ``moe_agents.continuity``), newest first, then the best memories into a token
+budget.
 
 The store is one SQLite file (WAL mode) behind one connection and a lock, like the trust store;
 encoder calls happen outside the lock. Each exchange (two turns and a memory) is written in one
@@ -42,6 +44,7 @@ from typing import ClassVar
 import numpy as np
 import structlog
 
+from .continuity import THRESHOLD
 from .errors import ConfigError, InvalidInput, RunError, check_settings
 from .routing.encoder import Encoder
 from .sqlite import Migration, SQLiteStore, transaction
@@ -85,12 +88,20 @@ class MemoryConfig:
         recall_k: how many memories ``recall`` returns by default.
         weights: the salience weights of novelty, surprise, reward and conflict (non-negative, not
             all zero; they are normalised to sum to 1).
+        similarity_threshold: in [-1, 1]. A pipeline gives an expert the recent turns only while
+            they continue into the new query: an exchange continues when its user turn is at
+            least this similar to the query (or, with ``same_expert``, when the expert answered
+            it); see ``moe_agents.continuity``. ``recall`` leaves out memories less similar than
+            this. ``-1`` turns both off (every recent turn, every positively similar memory).
+        same_expert: an exchange the asked expert answered continues whatever its similarity.
     """
 
     path: str | Path | None = None
     recent_turns: int = 8
     recall_k: int = 3
     weights: tuple[float, float, float, float] = (0.3, 0.2, 0.3, 0.2)
+    similarity_threshold: float = THRESHOLD
+    same_expert: bool = True
 
     def __post_init__(self) -> None:
         weights = tuple(self.weights)
@@ -105,6 +116,9 @@ class MemoryConfig:
                 "recent_turns": isinstance(self.recent_turns, int) and self.recent_turns >= 0,
                 "recall_k": isinstance(self.recall_k, int) and self.recall_k >= 0,
                 "weights": finite and sum(weights) > 0,
+                "similarity_threshold": isinstance(self.similarity_threshold, int | float)
+                and -1.0 <= self.similarity_threshold <= 1.0,
+                "same_expert": isinstance(self.same_expert, bool),
             },
         )
 
@@ -452,17 +466,21 @@ class MemoryStore(SQLiteStore):
             ).fetchall()
         return [(session, int(n), float(ts)) for session, n, ts in rows]
 
-    def recall(self, session: str, text: str, k: int | None = None) -> list[Memory]:
+    def recall(
+        self, session: str, text: str, k: int | None = None, *, vector: np.ndarray | None = None
+    ) -> list[Memory]:
         """The session's memories most relevant to ``text``, best first.
 
         Memories are ranked by ``similarity * (0.5 + 0.5 * salience)``; those whose user turn is in
-        the recent buffer, those made by another encoder, and those with no positive similarity
-        are left out.
+        the recent buffer, those made by another encoder, and those with no positive similarity or
+        one below ``config.similarity_threshold`` are left out.
 
         Args:
             session: the conversation.
             text: what the memories should be relevant to (usually the new query).
             k: how many to return at most (``config.recall_k`` when ``None``).
+            vector: ``text``'s embedding by this store's encoder, when the caller has it (the
+                router's, with the same encoder), so that it is not encoded again.
 
         Raises:
             InvalidInput: an empty session, or a negative ``k``.
@@ -475,8 +493,14 @@ class MemoryStore(SQLiteStore):
             raise InvalidInput(f"k must be an integer >= 0, got {k!r}")
         if k == 0:
             return []
-        vector = self._embed(text)  # (D,)
-        assert self.encoder is not None
+        if self.encoder is None:
+            raise ConfigError("this memory store has no encoder: pass MemoryStore(..., encoder=...)")
+        if vector is None:
+            vector = self._embed(text)  # (D,)
+        else:
+            vector = np.asarray(vector, dtype=np.float32)
+            norm = float(np.linalg.norm(vector))
+            vector = vector / norm if norm > 0 else vector
         with self._locked("recall") as conn:
             recent_ids = {turn.id for turn in self._buffer(conn, session)}
             rows = conn.execute(
@@ -490,7 +514,8 @@ class MemoryStore(SQLiteStore):
         similarity = matrix @ vector  # (M,)
         salience = np.array([r[9] for r in rows], dtype=np.float64)  # (M,)
         score = similarity * (0.5 + 0.5 * salience)  # (M,)
-        best = [i for i in np.argsort(-score, kind="stable") if similarity[i] > 0][:k]
+        relevant = (similarity > 0) & (similarity >= self.config.similarity_threshold)  # (M,)
+        best = [i for i in np.argsort(-score, kind="stable") if relevant[i]][:k]
         return [
             Memory(
                 id=rows[i][0],
@@ -515,6 +540,8 @@ class MemoryStore(SQLiteStore):
         budget_tokens: int,
         *,
         counter: Callable[[str], int] = count_tokens,
+        turns: Sequence[Turn] | None = None,
+        vector: np.ndarray | None = None,
     ) -> ProvidedContext:
         """The context to give an expert for ``text``: recent turns, then relevant memories.
 
@@ -536,6 +563,9 @@ class MemoryStore(SQLiteStore):
             text: the new query.
             budget_tokens: the most tokens the context may take (≥ 0).
             counter: counts the tokens of a text (``count_tokens`` by default).
+            turns: the recent turns to give, oldest first (default: the whole recent buffer; a
+                pipeline passes those that continue into ``text``, see ``moe_agents.continuity``).
+            vector: ``text``'s embedding, passed on to ``recall``.
 
         Raises:
             InvalidInput: an empty session, or a negative budget.
@@ -544,8 +574,8 @@ class MemoryStore(SQLiteStore):
         """
         if not isinstance(budget_tokens, int) or budget_tokens < 0:
             raise InvalidInput(f"budget_tokens must be an integer >= 0, got {budget_tokens!r}")
-        turns = self.recent(session)
-        memories = self.recall(session, text)
+        turns = self.recent(session) if turns is None else list(turns)
+        memories = self.recall(session, text, vector=vector)
         kept: list[Turn] = []
         for turn in reversed(turns):
             if counter(_render([turn, *kept], [])) > budget_tokens:

@@ -20,6 +20,7 @@ from anyio.abc import TaskGroup
 from .aggregators import Aggregation, Aggregator, EnsembleAggregator, WeightedAggregator
 from .backends.base import Backend, ChunkCallback
 from .budget import BudgetConfig, SessionBudgets
+from .continuity import continuation_of
 from .errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -63,7 +64,8 @@ class _Run:
     limiters: Mapping[str, anyio.CapacityLimiter]
     answers: dict[str, Answer] = field(default_factory=dict)
     context: dict[str, dict[str, Any]] = field(default_factory=dict)
-    provided: dict[tuple[str, int], ProvidedContext] = field(default_factory=dict)  # (text, budget)
+    # (text, budget, turns given): experts that get the same context share one recall
+    provided: dict[tuple[str, int, int], ProvidedContext] = field(default_factory=dict)
     errors: dict[str, RunError] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
@@ -648,21 +650,34 @@ class Pipeline:
         return answer
 
     async def _with_memory(self, run: _Run, expert: Expert, query: Query) -> Query:
-        """``query`` with the session's recent turns and relevant memories as context, within the
-        expert's ``context_tokens``; what was given is kept for ``Result.metadata["context"]``."""
+        """``query`` with the session's recent turns that continue into it (``moe_agents.continuity``)
+        and relevant memories as context, within the expert's ``context_tokens``; what was given,
+        and why, is kept for ``Result.metadata["context"]``."""
         memory, session = self.memory, query.session_id
         if memory is None or session is None or expert.context_tokens <= 0:
             return query
-        key = (query.text, expert.context_tokens)  # experts with the same budget share one recall
+        cfg, embed = memory.config, self.router.embed
+        turns = await anyio.to_thread.run_sync(memory.recent, session)
+        vector = await embed(query.text)  # a cache hit: routing embedded it
+        decision = await continuation_of(
+            turns, expert.name, vector, embed, threshold=cfg.similarity_threshold, same_expert=cfg.same_expert
+        )
+        given = turns[len(turns) - decision.turns :]
+        key = (query.text, expert.context_tokens, decision.turns)
         provided = run.provided.get(key)
         if provided is None:
+            same = memory.encoder is not None and memory.encoder.name == self.router.encoder.name
             provided = run.provided[key] = await anyio.to_thread.run_sync(
-                memory.context_for, session, query.text, expert.context_tokens
+                lambda: memory.context_for(
+                    session, query.text, expert.context_tokens, turns=given, vector=vector if same else None
+                )
             )
         run.context[expert.name] = {
             "tokens": provided.tokens,
             "turns": len(provided.turns),
             "memories": [m.id for m in provided.memories],
+            "reason": decision.reason,
+            "similarity": None if decision.similarity is None else round(decision.similarity, 3),
         }
         if not provided.text:
             return query
