@@ -1,5 +1,10 @@
 """moe-agents: mixtures of experts over LLM agents.
 
+The public API is what ``__all__`` lists: the values (``Query``, ``Selection``, ``Result``, ...),
+the errors, ``Pipeline`` and its loader, the experts, aggregators and backends, and the few
+configurations users build in code. Algorithms (``moe_agents.routing.select``, ``permission``) and
+extension points live in their subpackages.
+
 A router picks the best experts for each query (a gate over exemplar embeddings mixed with each
 expert's self-assessment), the experts answer concurrently through their model backends (litellm
 for any provider, transformers for local weights), and an aggregator merges the answers.
@@ -46,6 +51,8 @@ from .experts import LLMExpert as LLMExpert
 from .experts import OmniExpert as OmniExpert
 from .experts import ReasoningExpert as ReasoningExpert
 from .inputs import InputLimits as InputLimits
+from .memory import MemoryConfig as MemoryConfig
+from .memory import MemoryStore as MemoryStore
 from .pipeline import AnswerStream as AnswerStream
 from .pipeline import Pipeline as Pipeline
 from .registry import register_aggregator as register_aggregator
@@ -53,9 +60,7 @@ from .registry import register_backend as register_backend
 from .registry import register_expert as register_expert
 from .registry import register_scorer as register_scorer
 from .reliability import BreakerPolicy as BreakerPolicy
-from .reliability import GuardedBackend as GuardedBackend
 from .reliability import RetryPolicy as RetryPolicy
-from .routing import Candidates as Candidates
 from .routing import ContextConfig as ContextConfig
 from .routing import Encoder as Encoder
 from .routing import GateConfig as GateConfig
@@ -63,11 +68,8 @@ from .routing import Preset as Preset
 from .routing import Router as Router
 from .routing import RouterConfig as RouterConfig
 from .routing import Rule as Rule
-from .routing import SelectConfig as SelectConfig
 from .routing import SentenceEncoder as SentenceEncoder
 from .routing import TrustStore as TrustStore
-from .routing import permission as permission
-from .routing import select as select
 from .types import Answer as Answer
 from .types import Attachment as Attachment
 from .types import ExpertScore as ExpertScore
@@ -90,7 +92,6 @@ __all__ = [
     "BackendUnavailable",
     "BreakerPolicy",
     "BudgetConfig",
-    "Candidates",
     "CodingExpert",
     "Completion",
     "ConfigError",
@@ -106,12 +107,13 @@ __all__ = [
     "ExpertsFailed",
     "GateConfig",
     "GenerationSettings",
-    "GuardedBackend",
     "InputLimits",
     "InvalidInput",
     "KnowledgeExpert",
     "LLMExpert",
     "LiteLLMBackend",
+    "MemoryConfig",
+    "MemoryStore",
     "MoEError",
     "NoCapableExpert",
     "OmniExpert",
@@ -127,7 +129,6 @@ __all__ = [
     "RouterConfig",
     "Rule",
     "RunError",
-    "SelectConfig",
     "Selection",
     "SentenceEncoder",
     "SequentialAggregator",
@@ -139,10 +140,8 @@ __all__ = [
     "WeightedAggregator",
     "default_config_path",
     "load_pipeline",
-    "permission",
     "register_aggregator",
     "register_backend",
     "register_expert",
     "register_scorer",
-    "select",
 ]

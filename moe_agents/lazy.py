@@ -22,7 +22,12 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
-__all__ = ["quiet_loading", "transformers_names"]
+from .errors import ConfigError
+
+__all__ = ["LOCAL_HINT", "quiet_loading", "transformers_names"]
+
+LOCAL_HINT = "pip install torch==2.13.0 'moe-agents[local]'"
+"""How to get the local-model stack (the CPU torch wheel first, so no CUDA build is pulled)."""
 
 _IMPORT_LOCK = threading.Lock()
 _QUIET_LOCK = threading.Lock()
@@ -39,10 +44,15 @@ def transformers_names(*names: str) -> tuple[Any, ...]:
 
     Returns:
         The objects, in the order asked.
+
+    Raises:
+        ConfigError: transformers (or torch) is not installed.
     """
     with _IMPORT_LOCK:
-        import transformers
-
+        try:
+            import transformers
+        except ImportError as exc:  # torch or transformers missing: the core install
+            raise ConfigError(f"local models need the 'local' extra: {LOCAL_HINT} ({exc})") from exc
         return tuple(getattr(transformers, name) for name in names)
 
 

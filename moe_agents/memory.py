@@ -42,10 +42,10 @@ from types import MappingProxyType
 from typing import ClassVar
 
 import numpy as np
-import structlog
 
 from .continuity import THRESHOLD
 from .errors import ConfigError, InvalidInput, RunError, check_settings
+from .logging import get_logger
 from .routing.encoder import Encoder
 from .sqlite import Migration, SQLiteStore, transaction
 
@@ -58,7 +58,7 @@ __all__ = [
     "count_tokens",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 CACHED_SESSIONS = 1024
 """How many sessions' recent buffers stay in memory (least recently used ones are dropped and

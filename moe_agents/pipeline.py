@@ -14,7 +14,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
-import structlog
 from anyio.abc import TaskGroup
 
 from .aggregators import Aggregation, Aggregator, EnsembleAggregator, WeightedAggregator
@@ -35,6 +34,7 @@ from .errors import (
 )
 from .experts.base import Expert
 from .inputs import InputLimits, check_query
+from .logging import get_logger
 from .management.events import EventBus
 from .management.manager import ManagementConfig, Manager
 from .management.ranking import ExpertRank, RankingWeights, rank_experts
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AnswerStream", "Pipeline"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _FALLBACK_MARKER = "\n\n[{failed} failed mid-answer; continuing with {next}]\n\n"
 
