@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .backends import TransformersBackend
 from .config import default_config_path, load_pipeline
 from .errors import ConfigError, MoEError, RunError
 from .logging import redact_secrets
@@ -107,8 +108,22 @@ async def _open(stack: AsyncExitStack, pipeline: Pipeline, *, quiet: bool = Fals
     """Enters the pipeline (loads models) behind a spinner."""
     if quiet:
         return await stack.enter_async_context(pipeline)
-    with err_console.status("Loading models…", spinner="dots"):
+    with err_console.status(_loading_text(pipeline), spinner="dots"):
         return await stack.enter_async_context(pipeline)
+
+
+def _loading_text(pipeline: Pipeline) -> str:
+    """The spinner's text: a GGUF model's first load (a one-time conversion) is announced as such."""
+    first = sorted(
+        {
+            Path(b.gguf_file).stem
+            for b in pipeline.backends
+            if isinstance(b, TransformersBackend) and b.gguf_file and b.needs_preparation()
+        }
+    )
+    if not first:
+        return "Loading models…"
+    return f"Preparing {', '.join(first)} for first use (one-time conversion, a minute or more)…"
 
 
 def _selection_line(selection: Selection) -> str:

@@ -11,6 +11,9 @@ parts go through the processor. Images are tested with LLaVA, audio with Qwen2-A
 feature extractor); any model whose processor takes ``{"type": "audio", "audio": <array>}`` chat
 parts should work. Of a thinker/talker model (Qwen3-Omni-MoE) only the thinker is kept, so replies
 are text; its processor needs torchvision (for its video processor), else loading is a ``ConfigError``.
+
+A GGUF file is converted to a dense model once: the result is cached (``gguf_cache``) and later loads,
+in any process, read the cache. ``needs_preparation()`` says whether the next load converts.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from ..errors import BackendError, ConfigError, MoEError
 from ..resources import resolve_path
 from ..types import Message, Usage
 from .base import ChunkCallback, Completion, GenerationSettings
+from .gguf_cache import entry_path, remove_entry, write_entry
 
 if TYPE_CHECKING:
     import torch
@@ -98,6 +102,11 @@ class TransformersBackend:
         adapter: a peft LoRA adapter folder (or ``pkg:`` spec) applied on top of the model.
         merge_adapter: fold the adapter into the base weights at load (faster generation, same output).
 
+    A GGUF file is converted to a dense model by transformers (tens of seconds, even for a small
+    model) once: the model and tokenizer are cached as safetensors (see ``gguf_cache``), keyed by the
+    file's content, the transformers version and ``dtype``, and later loads read the cache. A cache
+    entry that does not load is logged (``backend.gguf_cache_invalid``), removed and rebuilt.
+
     Images reach the model as ``image_url`` parts holding a base64 ``data:`` URL, audio as
     ``input_audio`` parts holding base64 PCM WAV (8, 16, 24 or 32 bit; the shapes ``OmniExpert``
     builds); both need a model folder with a processor. Audio is mixed down to mono and resampled
@@ -151,6 +160,7 @@ class TransformersBackend:
         self._state: _Loaded | None = None
         self._nbytes = 0
         self._adapted: dict[tuple[str, bool], TransformersBackend] = {}
+        self._gguf_entry: tuple[tuple[int, int, int], Path] | None = None  # (file stamp, cache entry)
 
     def __repr__(self) -> str:
         gguf = f", gguf_file={self.gguf_file!r}" if self.gguf_file else ""
@@ -214,6 +224,20 @@ class TransformersBackend:
     def nbytes(self) -> int:
         """Bytes the parameters and buffers took at the last load (0 before the first load)."""
         return self._nbytes
+
+    def needs_preparation(self) -> bool:
+        """Whether the next load converts a GGUF file, a one-time step of tens of seconds: ``True``
+        until the conversion cache holds this file (in this ``dtype``); ``False`` for a model folder,
+        once loaded, or when the file or transformers is missing (loading reports that).
+
+        Hashes the GGUF file the first time (about 0.2 s per 100 MB).
+        """
+        if self.gguf_file is None or self._state is not None:
+            return False
+        try:
+            return not self._cache_entry(self._resolve() / self.gguf_file).is_dir()
+        except (MoEError, OSError, ImportError):
+            return False
 
     def disk_bytes(self) -> int:
         """Bytes of the weight files on disk (the GGUF file, or the folder's ``*.safetensors`` /
@@ -441,22 +465,62 @@ class TransformersBackend:
                 hint = f"{self.name}: adapter {adapter} needs peft; {_PEFT_HINT}"
                 raise ConfigError(hint, path=adapter) from exc
             peft_model = PeftModel
-        kwargs: dict[str, Any] = {"gguf_file": self.gguf_file} if self.gguf_file else {}
         processor = self._load_processor(path)
-        if processor is not None:
-            tokenizer = processor.tokenizer
+        model: Any
+        if self.gguf_file is not None:
+            model, tokenizer = self._load_gguf(path, self.gguf_file, AutoModelForCausalLM, AutoTokenizer)
         else:
-            tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        if self.dtype is not None:
-            kwargs["dtype"] = self.dtype
-        auto: Any = AutoModelForCausalLM if processor is None else AutoModelForMultimodalLM
-        model: Any = _text_model(auto.from_pretrained(path, **kwargs))
+            tokenizer = AutoTokenizer.from_pretrained(path) if processor is None else processor.tokenizer
+            auto: Any = AutoModelForCausalLM if processor is None else AutoModelForMultimodalLM
+            model = _text_model(auto.from_pretrained(path, **self._dtype_kwargs()))
         if peft_model is not None:
             model = peft_model.from_pretrained(model, adapter)
             if self.merge_adapter:
                 model = model.merge_and_unload()
         model = model.to(self.device).eval()
         return _Loaded(model, tokenizer, _nbytes(model), processor)
+
+    def _load_gguf(self, path: Path, gguf_file: str, auto_model: Any, auto_tokenizer: Any) -> tuple[Any, Any]:
+        """The model and tokenizer of ``path / gguf_file``: from the conversion cache, or converted
+        (and then cached)."""
+        entry = self._cache_entry(path / gguf_file)
+        if entry.is_dir():
+            try:
+                return _load_entry(entry, auto_model, auto_tokenizer, self._dtype_kwargs())
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning("backend.gguf_cache_invalid", backend=self.name, path=str(entry), error=error)
+                remove_entry(entry)
+        log.info("backend.gguf_convert", backend=self.name, gguf_file=gguf_file, cache=str(entry))
+        tokenizer = auto_tokenizer.from_pretrained(path, gguf_file=gguf_file)
+        model = auto_model.from_pretrained(path, gguf_file=gguf_file, **self._dtype_kwargs())
+        if not all(p.is_floating_point() for p in model.parameters()):
+            return model, tokenizer  # weights kept in GGUF blocks (a matmul kernel is installed)
+        quantizer = getattr(model, "hf_quantizer", None)
+        if quantizer is not None:  # the weights are dense already; a GGUF-quantized model won't save
+            quantizer.remove_quantization_config(model)
+        started = time.perf_counter()
+        try:
+            written = write_entry(entry, model, tokenizer)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("backend.gguf_cache_unwritable", backend=self.name, path=str(entry), error=error)
+        else:
+            s = round(time.perf_counter() - started, 3)
+            log.debug("backend.gguf_cached", backend=self.name, path=str(entry), written=written, s=s)
+        return model, tokenizer
+
+    def _cache_entry(self, gguf: Path) -> Path:
+        """The conversion cache's entry for ``gguf``; hashed once while the file's size, mtime and
+        inode stay the same."""
+        st = gguf.stat()
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+        if self._gguf_entry is None or self._gguf_entry[0] != stamp:
+            self._gguf_entry = (stamp, entry_path(gguf, self.dtype))
+        return self._gguf_entry[1]
+
+    def _dtype_kwargs(self) -> dict[str, Any]:
+        return {} if self.dtype is None else {"dtype": self.dtype}
 
     def _load_processor(self, path: Path) -> Any:
         """The folder's processor, or ``None`` when it has none (then the tokenizer does the work)."""
@@ -747,6 +811,16 @@ def _eos_ids(config: Any, tokenizer: Any) -> set[int]:
     if eos is None:
         return set()
     return set(eos) if isinstance(eos, list | tuple) else {int(eos)}
+
+
+def _load_entry(entry: Path, auto_model: Any, auto_tokenizer: Any, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """A conversion cache entry's model and tokenizer; raises if it does not load, or if its weights
+    do not match its config (transformers would fill the gaps with random weights)."""
+    model, info = auto_model.from_pretrained(entry, output_loading_info=True, **kwargs)
+    keys = ("missing_keys", "unexpected_keys", "mismatched_keys")
+    if gaps := {k: sorted(v) for k in keys if (v := info[k])}:
+        raise ValueError(f"its weights do not match its config: {gaps}")
+    return model, auto_tokenizer.from_pretrained(entry)
 
 
 def _text_model(model: Any) -> Any:
