@@ -25,11 +25,11 @@ from rich.table import Table
 from .backends import TransformersBackend
 from .config import default_config_path, load_pipeline
 from .errors import ConfigError, MoEError, RunError
-from .logging import redact_secrets
+from .logging import LIBRARY_LOGGER, redact_secrets
 from .memory import MemoryConfig, MemoryStore, Turn
 from .pipeline import Pipeline
 from .routing.exemplars import read_exemplars_jsonl
-from .routing.gate import FitReport
+from .routing.gates import FitReport
 from .routing.trust import TrustStore
 from .types import Attachment, Query, Result, Selection
 
@@ -68,12 +68,26 @@ def _setup(verbose: bool) -> None:
         hf_logging.set_verbosity_error()
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to the ``sys.stderr`` of the moment (tests and rich swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def _setup_logging(verbose: bool) -> None:
-    """Library events go to stderr, secrets masked: INFO and up with ``--verbose``, else warnings only."""
+    """Library events go to stderr, secrets masked: INFO and up with ``--verbose``, else warnings only.
+
+    The library logs through the standard ``logging`` module (see ``moe_agents.logging``): the CLI
+    renders its events with structlog's console renderer and attaches one stderr handler.
+    """
     level = logging.INFO if verbose else logging.WARNING
     structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),  # the stderr of the moment
         processors=[
             structlog.processors.add_log_level,
             redact_secrets,
@@ -81,6 +95,15 @@ def _setup_logging(verbose: bool) -> None:
         ],
         cache_logger_on_first_use=False,
     )
+    library = logging.getLogger(LIBRARY_LOGGER)
+    for handler in [h for h in library.handlers if isinstance(h, _StderrHandler)]:
+        library.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    library.addHandler(handler)
+    # lower the logger's own level if needed, never raise one the embedding application lowered
+    library.setLevel(min(level, library.getEffectiveLevel()))
 
 
 def _fail(exc: MoEError) -> typer.Exit:

@@ -72,7 +72,7 @@ from .resources import BUNDLED_ENCODER
 from .routing.context import ContextConfig
 from .routing.encoder import Encoder, LiteLLMEncoder, SentenceEncoder, bundled_encoder
 from .routing.exemplars import read_exemplars_jsonl
-from .routing.gate import GateConfig, load_gate
+from .routing.gates import GateConfig, load_gate
 from .routing.momentum import MomentumConfig
 from .routing.permission import SelectConfig
 from .routing.router import Router, RouterConfig

@@ -139,7 +139,7 @@ class TestBuild:
 
     def test_saved_gate_is_loaded_and_checked(self, tmp_path: Path) -> None:
         """gate_path loads a saved gate; one fitted for other experts is a ConfigError at route time."""
-        from moe_agents.routing.gate import fit_gate
+        from moe_agents.routing.gates import fit_gate
         from moe_agents.testing import HashingEncoder
 
         gate, _ = fit_gate(

@@ -13,17 +13,18 @@ import numpy as np
 import pytest
 
 from moe_agents.errors import ConfigError
-from moe_agents.routing.gate import (
+from moe_agents.routing.gates import (
     CentroidGate,
     FitReport,
     Gate,
     GateConfig,
+    GatingNetwork,
     KNNGate,
+    calibrate_temperature,
     fit_gate,
     gate_fingerprint,
     load_gate,
 )
-from moe_agents.routing.mlp import GatingNetwork, calibrate_temperature
 
 EXPERTS = ("alpha", "beta", "gamma", "delta", "epsilon")
 KINDS = ["mlp", "centroid", "knn"]
@@ -602,8 +603,8 @@ class TestGateFingerprint:
 
 class TestImport:
     def test_importing_gate_does_not_import_torch(self) -> None:
-        """Importing moe_agents.routing.gate leaves torch unimported (it loads on first fit or load)."""
-        code = "import sys, moe_agents.routing.gate; print('torch' in sys.modules)"
+        """Importing moe_agents.routing.gates leaves torch unimported (it loads on first fit or load)."""
+        code = "import sys, moe_agents.routing.gates; print('torch' in sys.modules)"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         assert out.stdout.strip() == "False"
 

@@ -10,7 +10,7 @@ import pytest
 from moe_agents import ConfigError, GateConfig, LLMExpert, Query, Router, RouterConfig, Rule
 from moe_agents.experts import CodingExpert, EpistemicExpert, KnowledgeExpert, OmniExpert, ReasoningExpert
 from moe_agents.routing.encoder import SentenceEncoder
-from moe_agents.routing.gate import fit_gate
+from moe_agents.routing.gates import fit_gate
 from moe_agents.testing import HashingEncoder
 
 

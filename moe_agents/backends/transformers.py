@@ -34,9 +34,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.to_thread
-import structlog
 
 from ..errors import BackendError, ConfigError, MoEError
+from ..lazy import quiet_loading, transformers_names
+from ..logging import get_logger
 from ..resources import resolve_path
 from ..types import Message, Usage
 from .base import ChunkCallback, Completion, GenerationSettings
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TransformersBackend"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _DTYPES = frozenset({"auto", "float32", "float16", "bfloat16"})
 _END = object()
@@ -268,7 +269,8 @@ class TransformersBackend:
             adapter = self._resolve_adapter()
             started = time.perf_counter()
             try:
-                state = await anyio.to_thread.run_sync(self._load_sync, path, adapter)
+                with quiet_loading():
+                    state = await anyio.to_thread.run_sync(self._load_sync, path, adapter)
             except MoEError:
                 raise
             except Exception as exc:
@@ -345,7 +347,7 @@ class TransformersBackend:
         is cancelled or ``on_chunk`` raises, the thread is told to stop and is waited for."""
         streamer: Any = None
         if on_chunk is not None:
-            from transformers import TextIteratorStreamer
+            (TextIteratorStreamer,) = transformers_names("TextIteratorStreamer")
 
             streamer = TextIteratorStreamer(state.tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancel = threading.Event()
@@ -455,7 +457,9 @@ class TransformersBackend:
         return path
 
     def _load_sync(self, path: Path, adapter: Path | None) -> _Loaded:
-        from transformers import AutoModelForCausalLM, AutoModelForMultimodalLM, AutoTokenizer
+        AutoModelForCausalLM, AutoModelForMultimodalLM, AutoTokenizer = transformers_names(
+            "AutoModelForCausalLM", "AutoModelForMultimodalLM", "AutoTokenizer"
+        )
 
         peft_model: Any = None
         if adapter is not None:
@@ -526,7 +530,7 @@ class TransformersBackend:
         """The folder's processor, or ``None`` when it has none (then the tokenizer does the work)."""
         if self.gguf_file is not None or not any((path / f).is_file() for f in _PROCESSOR_FILES):
             return None
-        from transformers import AutoProcessor, ProcessorMixin
+        AutoProcessor, ProcessorMixin = transformers_names("AutoProcessor", "ProcessorMixin")
 
         try:
             processor = AutoProcessor.from_pretrained(path)
@@ -783,7 +787,7 @@ def _text(content: str | list[dict[str, Any]]) -> str:
 
 def _criteria(cancel: threading.Event, stops: tuple[str, ...], tokenizer: Any, prompt_len: int) -> Any:
     import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
+    StoppingCriteria, StoppingCriteriaList = transformers_names("StoppingCriteria", "StoppingCriteriaList")
 
     class _Stop(StoppingCriteria):
         def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:

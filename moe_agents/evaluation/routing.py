@@ -28,7 +28,7 @@ import anyio
 import numpy as np
 
 from ..experts.base import Expert
-from ..routing.gate import fit_gate
+from ..routing.gates import fit_gate
 from ..routing.router import Router
 from ..types import Query
 from .data import LabelledQuery, routing_fit_set, routing_test_set

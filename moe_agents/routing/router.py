@@ -32,7 +32,7 @@ from ..logging import get_logger
 from ..types import ExpertScore, Query, Selection
 from .context import ContextConfig, KMeansContexts, gate_context
 from .encoder import BatchingEncoder, Encoder, bundled_encoder
-from .gate import FitReport, Gate, GateConfig, fit_gate, gate_fingerprint, load_gate
+from .gates import FitReport, Gate, GateConfig, fit_gate, gate_fingerprint, load_gate
 from .momentum import Momentum, MomentumConfig
 from .permission import Candidates, Preset, SelectConfig, select
 from .rules import Rule, first_match

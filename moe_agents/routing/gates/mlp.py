@@ -27,18 +27,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .gate import FitReport, GateConfig, Progress, _SavedGate, _softmax
+from .base import FitReport, GateConfig, Progress, SavedGate, softmax
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["GatingNetwork", "calibrate_temperature"]
+__all__ = ["GatingNetwork", "calibrate_temperature", "fit_mlp", "load_mlp"]
 
 _T_RANGE = (0.05, 20.0)  # calibrated temperatures are clipped to this range
 _MIN_DELTA = 1e-4  # a smaller drop in validation loss does not count as an improvement
 
 
-class GatingNetwork(_SavedGate):
+class GatingNetwork(SavedGate):
     """An MLP gate: ``softmax(mlp(x) / temperature)`` with a calibrated temperature.
 
     Built by ``fit_gate`` (``kind="mlp"``) or ``load_gate``.
@@ -79,7 +79,7 @@ class GatingNetwork(_SavedGate):
 
     def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
         """Probabilities ``(N, E)``: ``softmax(logits / temperature)``."""
-        return _softmax(self.logits(embeddings) / self.temperature)
+        return softmax(self.logits(embeddings) / self.temperature)
 
     def _tensors(self) -> dict[str, np.ndarray]:
         return {name: t.detach().cpu().numpy() for name, t in self.net.state_dict().items()}
@@ -195,7 +195,7 @@ def _split(y: np.ndarray, n_experts: int, val_fraction: float, seed: int) -> tup
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def _fit_mlp(
+def fit_mlp(
     x: np.ndarray, y: np.ndarray, experts: tuple[str, ...], cfg: GateConfig, progress: Progress | None
 ) -> tuple[GatingNetwork, dict[str, Any]]:
     import torch
@@ -251,7 +251,7 @@ def _snapshot(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
-def _load_mlp(
+def load_mlp(
     tensors: dict[str, np.ndarray],
     experts: list[str],
     config: GateConfig,
