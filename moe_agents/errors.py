@@ -7,10 +7,15 @@ One root, two families::
     ├── InvalidInput           a query or feedback value that cannot be used (also a ValueError)
     ├── UnknownResult          feedback for a result id the pipeline does not know (also a KeyError)
     └── RunError               it failed while running
-        ├── BackendError       a model call failed (backend, expert)
-        │   └── BackendTimeout the call ran past its deadline
-        ├── NoCapableExpert    no expert can take this query (e.g. its modality)
-        └── ExpertsFailed      every selected expert failed (also an ExceptionGroup of their errors)
+        ├── BackendError           a model call failed (backend, expert, retryable)
+        │   ├── BackendTimeout     the call ran past its deadline
+        │   └── BackendUnavailable its circuit breaker is open (recovers_at)
+        ├── Overloaded             every request slot is busy and the queue is full: try later
+        ├── DeadlineExceeded       the request ran past its deadline (timeout_s)
+        ├── NoCapableExpert        no expert can take this query (e.g. its modality)
+        └── ExpertsFailed          every selected expert failed (also an ExceptionGroup of their errors)
+
+``check_settings`` and ``check_unit`` are the one way settings and scores are validated.
 
 Third-party errors are translated once, at the backend seam, with ``raise ... from exc``.
 """
@@ -34,6 +39,7 @@ __all__ = [
     "RunError",
     "UnknownResult",
     "check_settings",
+    "check_unit",
 ]
 
 
@@ -202,3 +208,22 @@ def check_settings(what: str, settings: object, checks: Mapping[str, bool]) -> N
     bad = [f"{k}={getattr(settings, k)!r}" for k, ok in checks.items() if not ok]
     if bad:
         raise ConfigError(f"invalid {what} settings: {', '.join(bad)}")
+
+
+def check_unit(value: object, what: str) -> float:
+    """``value`` as a float in [0, 1] (a score, a rate, a trust), or ``InvalidInput`` naming ``what``.
+
+    Args:
+        value: the number to check (anything ``float()`` accepts; NaN is rejected).
+        what: its name in the message (``"feedback score"``).
+
+    Raises:
+        InvalidInput: not a number, or outside [0, 1].
+    """
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{what} must be a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= x <= 1.0:  # also rejects NaN
+        raise InvalidInput(f"{what} must be in [0, 1], got {value!r}")
+    return x

@@ -44,7 +44,7 @@ from typing import ClassVar
 import numpy as np
 
 from .continuity import THRESHOLD
-from .errors import ConfigError, InvalidInput, RunError, check_settings
+from .errors import ConfigError, InvalidInput, RunError, check_settings, check_unit
 from .logging import get_logger
 from .routing.encoder import Encoder
 from .sqlite import Migration, SQLiteStore, transaction
@@ -221,14 +221,6 @@ def _session(value: object) -> str:
     return value
 
 
-def _unit(value: object, what: str) -> float:
-    try:
-        x = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise InvalidInput(f"{what} must be a number in [0, 1], got {value!r}") from None
-    if not 0.0 <= x <= 1.0:  # also rejects NaN
-        raise InvalidInput(f"{what} must be in [0, 1], got {value!r}")
-    return x
 
 
 def _turn(row: tuple[int, str, str, str, str | None, float]) -> Turn:
@@ -339,8 +331,8 @@ class MemoryStore(SQLiteStore):
             raise InvalidInput(f"expert names must be non-empty strings without commas, got {names!r}")
         if result_id is not None and not isinstance(result_id, str):
             raise InvalidInput(f"result_id must be a string, got {result_id!r}")
-        surprise = 1.0 - _unit(confidence, "confidence")
-        conflict = _unit(conflict, "conflict")
+        surprise = 1.0 - check_unit(confidence, "confidence")
+        conflict = check_unit(conflict, "conflict")
         vector = self._embed(f"{query}\n{answer}")  # outside the lock: encoders are slow
         assert self.encoder is not None
         encoder = self.encoder.name
@@ -402,7 +394,7 @@ class MemoryStore(SQLiteStore):
         """
         if not isinstance(result_id, str) or not result_id:
             raise InvalidInput(f"result_id must be a non-empty string, got {result_id!r}")
-        reward = _unit(score, "score")
+        reward = check_unit(score, "score")
         wn, ws, wr, wc = self._weights
         with self._locked("record_feedback") as conn, transaction(conn):
             updated = conn.execute(

@@ -30,7 +30,7 @@ from typing import IO, Any, ClassVar, Literal
 
 import numpy as np
 
-from ..errors import InvalidInput, RunError, check_settings
+from ..errors import InvalidInput, RunError, check_settings, check_unit
 from ..logging import get_logger
 from ..sqlite import Migration, SQLiteStore
 
@@ -99,14 +99,6 @@ def _name(value: object, what: str) -> str:
     return value
 
 
-def _score(value: object) -> float:
-    try:
-        q = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise InvalidInput(f"score must be a number in [0, 1], got {value!r}") from None
-    if not 0.0 <= q <= 1.0:  # also rejects NaN
-        raise InvalidInput(f"score must be in [0, 1], got {value!r}")
-    return q
 
 
 def _where(expert: str | None, context: str | None) -> tuple[str, list[str]]:
@@ -238,7 +230,7 @@ class TrustStore(SQLiteStore):
         return {
             "expert": _name(expert, "expert"),
             "context": _name(context, "context"),
-            "score": _score(score),
+            "score": check_unit(score, "score"),
             "source": _name(source, "source"),
             "result_id": result_id,
             "ts": ts,
