@@ -18,6 +18,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ["MOE_AGENTS_CACHE_DIR"] = tempfile.mkdtemp(prefix="moe-agents-tests-")
 # the trust store's default file, never in the user's data folder
 os.environ["MOE_AGENTS_DATA_DIR"] = tempfile.mkdtemp(prefix="moe-agents-data-")
+os.environ.setdefault("MOE_AGENTS_EVAL_DATA", os.path.abspath(os.path.join(__file__, "../../../shared/data")))
 
 # the library logs through stdlib logging and is silent by default; tests read every event
 # (structlog's capture_logs) without printing any (the library's NullHandler)

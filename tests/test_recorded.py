@@ -13,17 +13,18 @@ import pytest
 from moe_agents import ConfigError
 from moe_agents.answers import extract_final_answer
 from moe_agents.backends.base import Backend
-from moe_agents.backends.replay import MMLU_CORRECT, MMLU_INCORRECT, ReplayBackend, question_key
+from moe_agents.backends.replay import MMLU_CORRECT, MMLU_INCORRECT, ReplayBackend
 from moe_agents.errors import BackendError
-from moe_agents.evaluation.recorded import (
+from moe_agents.experts.reasoning import ReasoningExpert
+from moe_agents.recorded import (
     GSM8K_MODELS,
     MMLU_MODELS,
     PRICES,
     RecordedSet,
     load_gsm8k_recorded,
     load_mmlu,
+    question_key,
 )
-from moe_agents.experts.reasoning import ReasoningExpert
 from moe_agents.types import Query
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data"

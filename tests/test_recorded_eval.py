@@ -9,7 +9,6 @@ import pytest
 from typer.testing import CliRunner
 
 from moe_agents.cli import app
-from moe_agents.evaluation.recorded import load_gsm8k_recorded, load_mmlu
 from moe_agents.evaluation.recorded_eval import (
     RecordedEvalConfig,
     _apgr,
@@ -20,6 +19,7 @@ from moe_agents.evaluation.recorded_eval import (
     plot_recorded,
 )
 from moe_agents.evaluation.report import render_recorded
+from moe_agents.recorded import load_gsm8k_recorded, load_mmlu
 from moe_agents.testing import HashingEncoder
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"

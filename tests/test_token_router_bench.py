@@ -11,11 +11,15 @@ from structlog.testing import capture_logs
 from moe_agents.errors import ConfigError
 from moe_agents.token_router import TokenPolicy
 from moe_agents.token_router.bench import evaluate_token_router, offload_speed
-from moe_agents.token_router.bench_report import plot_token_router, render_token_router
+from moe_agents.token_router.bench_report import TokenRouterTargets, plot_token_router, render_token_router
 from moe_agents.token_router.train import train_tiny_moe
+from moe_agents.token_router.tune import QualityLimits
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 TINY = dict(layers=2, experts=8, top_k=2, hidden=32, steps=20, batch_size=4, max_minutes=0.5)
+TARGETS = TokenRouterTargets(
+    hit_rate_gain_points=15.0, quality=QualityLimits(), selection_pct_of_moe_block=5.0
+)
 
 pytestmark = pytest.mark.skipif(not (DATA / "gsm8k" / "train.jsonl").is_file(), reason="shared data absent")
 
@@ -32,7 +36,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[dict
     report = evaluate_token_router(
         first, DATA, cache_fractions=(0.5,), lambdas=(0.0, 0.4), balance_gammas=(0.0, 1e-3), tokens=150,
         tune_tokens=120, timing_calls=20, progress=False, offload_tokens=6, offload_repeats=2, trust_max=1.0,
-        calibration_tokens=200,
+        calibration_tokens=200, targets=TARGETS,
     )  # fmt: skip
     return first, out, second_logs, report
 

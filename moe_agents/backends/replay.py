@@ -2,65 +2,36 @@
 
 Experiments with routers, voting and cost need real answers of real models, but calling them is slow,
 costly and not reproducible. ``ReplayBackend`` answers each query with the reply a model gave to the
-same question when it was recorded (see ``moe_agents.evaluation.recorded``), and bills the recorded
-model's price, so a pipeline built on replay backends behaves, and costs, like one built on the models.
+same question when it was recorded (see ``moe_agents.recorded``), and bills the recorded model's
+price, so a pipeline built on replay backends behaves, and costs, like one built on the models.
 
-Questions are matched by ``question_key``: Unicode NFKC, typographic quotes and dashes made plain,
-whitespace collapsed. Case is kept.
+Questions are matched by ``moe_agents.recorded.question_key``: Unicode NFKC, typographic quotes and
+dashes made plain, whitespace collapsed. Case is kept.
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import anyio
 
 from ..errors import BackendError
+from ..recorded import PRICES, RecordedSet, question_key
 from ..types import Message, Usage
 from .base import ChunkCallback, Completion, GenerationSettings
 
-if TYPE_CHECKING:
-    from ..evaluation.recorded import RecordedSet
-
-__all__ = ["MMLU_CORRECT", "MMLU_INCORRECT", "ReplayBackend", "question_key"]
+__all__ = ["MMLU_CORRECT", "MMLU_INCORRECT", "ReplayBackend"]
 
 MMLU_CORRECT = "correct"
 """What a replay of an MMLU recording answers where the model was right (MMLU keeps no reply texts)."""
 MMLU_INCORRECT = "incorrect"
 """What a replay of an MMLU recording answers where the model was wrong."""
 
-_PLAIN = str.maketrans(
-    {
-        "\u2018": "'",
-        "\u2019": "'",
-        "\u201a": "'",
-        "\u201b": "'",
-        "\u2032": "'",
-        "\u00b4": "'",
-        "\u201c": '"',
-        "\u201d": '"',
-        "\u201e": '"',
-        "\u201f": '"',
-        "\u2033": '"',
-        "\u2013": "-",
-        "\u2014": "-",
-        "\u2212": "-",
-    }
-)
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 _WORD = re.compile(r"\S+\s*")
 _WORDS_PER_CHUNK = 4
-
-
-def question_key(text: str) -> str:
-    """The text recorded answers are filed under: NFKC, plain quotes and dashes, whitespace collapsed.
-
-    ``"Janet\u2019s  ducks\\n"`` and ``"Janet's ducks"`` have the same key.
-    """
-    return " ".join(unicodedata.normalize("NFKC", text).translate(_PLAIN).split())
 
 
 class ReplayBackend:
@@ -153,8 +124,6 @@ class ReplayBackend:
         Raises:
             ValueError: ``model`` is not one of ``data.models``.
         """
-        from ..evaluation.recorded import PRICES
-
         if model not in data.models:
             raise ValueError(f"{data.name} has no recordings of {model!r}; models: {list(data.models)}")
         j = data.models.index(model)

@@ -65,15 +65,16 @@ class TransformersSpec(BaseModel):
 class ReplaySpec(BaseModel):
     """``kind: replay``: replays a real model's recorded answers (``ReplayBackend.from_recorded``).
 
-    The recordings are read when the pipeline is built; ``data_dir`` is relative to the working
-    directory. ``price_usd`` defaults to the model's entry in ``moe_agents.evaluation.recorded.PRICES``."""
+    The recordings are read when the pipeline is built, from ``data_dir`` (relative to the working
+    directory) or, left out, from ``$MOE_AGENTS_EVAL_DATA``. ``price_usd`` defaults to the model's
+    entry in ``moe_agents.recorded.PRICES``."""
 
     model_config = ConfigDict(extra="forbid")
 
     kind: str = "replay"
     dataset: Literal["gsm8k", "mmlu"]
     model: str
-    data_dir: str = "../shared/data"
+    data_dir: str | None = None
     price_usd: float | None = Field(default=None, ge=0)
     latency_s: float = Field(default=0.0, ge=0)
     missing: Literal["error", "empty"] = "error"
@@ -92,7 +93,7 @@ def _transformers(spec: TransformersSpec) -> Backend:
 
 
 def _replay(spec: ReplaySpec) -> Backend:
-    from ..evaluation.recorded import load_gsm8k_recorded, load_mmlu
+    from ..recorded import load_gsm8k_recorded, load_mmlu
     from .replay import ReplayBackend
 
     data = load_gsm8k_recorded(spec.data_dir) if spec.dataset == "gsm8k" else load_mmlu(spec.data_dir)

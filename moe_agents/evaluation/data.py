@@ -1,4 +1,4 @@
-"""Labelled routing queries built from the shared public evaluation data (``../shared/data``).
+"""Labelled routing queries built from the public evaluation data (``moe_agents.eval_data``).
 
 The labels follow the data README ("Domain labels for routing"): ``coding`` (HumanEval prompts),
 ``reasoning`` (GSM8K; MMLU mathematics and statistics), ``knowledge`` (the other MMLU subjects, question
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..eval_data import data_file, eval_data_dir, text_field
 from ..jsonl import read_jsonl
 from ..types import Attachment, Query
 
@@ -64,7 +65,6 @@ MMLU_LEFT_OUT_SUBJECTS: frozenset[str] = frozenset(
     }
 )
 
-_DEFAULT_DATA = Path("../shared/data")
 _HUMANEVAL = "humaneval/HumanEval.jsonl.gz"
 _GSM8K_TEST = "gsm8k/test.jsonl"
 _GSM8K_TRAIN = "gsm8k/train.jsonl"
@@ -98,7 +98,7 @@ class LabelledQuery:
 
 
 def routing_test_set(
-    data_dir: Path = _DEFAULT_DATA, *, per_label: int = 400, seed: int = 0
+    data_dir: str | Path | None = None, *, per_label: int = 400, seed: int = 0
 ) -> list[LabelledQuery]:
     """The labelled routing test set, from test splits only, balanced and seeded.
 
@@ -124,17 +124,18 @@ def routing_test_set(
     label (``ROUTING_LABELS`` order), then by source, in the files' order.
 
     Args:
-        data_dir: the shared evaluation data folder (the benchmarks' ``--data`` option).
+        data_dir: the evaluation data folder (default: ``$MOE_AGENTS_EVAL_DATA``).
         per_label: most items per label.
         seed: seeds the sample; the same seed gives the same list.
 
     Raises:
-        ConfigError: a data file is missing or malformed (``path`` and ``line`` say where).
+        ConfigError: no folder is given, or a data file is missing or malformed (``path`` and
+            ``line`` say where).
         ValueError: ``per_label`` is below 1.
     """
     if per_label < 1:
         raise ValueError(f"per_label must be >= 1, got {per_label}")
-    data_dir = Path(data_dir)
+    data_dir = eval_data_dir(data_dir)
     clinc = _clinc(data_dir)
     pools: list[LabelledQuery] = [
         *_humaneval(data_dir),
@@ -150,7 +151,7 @@ def routing_test_set(
 
 
 def routing_fit_set(
-    data_dir: Path = _DEFAULT_DATA, *, per_label: int = 200, seed: int = 0
+    data_dir: str | Path | None = None, *, per_label: int = 200, seed: int = 0
 ) -> list[LabelledQuery]:
     """Optional labelled fit data for routers, from fit splits only.
 
@@ -163,17 +164,17 @@ def routing_fit_set(
     per label, seeded).
 
     Args:
-        data_dir: the shared evaluation data folder (the benchmarks' ``--data`` option).
+        data_dir: the evaluation data folder (default: ``$MOE_AGENTS_EVAL_DATA``).
         per_label: most items per label.
         seed: seeds the sample.
 
     Raises:
-        ConfigError: a data file is missing or malformed.
+        ConfigError: no folder is given, or a data file is missing or malformed.
         ValueError: ``per_label`` is below 1.
     """
     if per_label < 1:
         raise ValueError(f"per_label must be >= 1, got {per_label}")
-    data_dir = Path(data_dir)
+    data_dir = eval_data_dir(data_dir)
     pools = [
         *_gsm8k(data_dir, _GSM8K_TRAIN, "gsm8k/train"),
         *_clinc_small_talk(_clinc(data_dir), "train"),
@@ -181,44 +182,28 @@ def routing_fit_set(
     return _sample(_dedupe(pools, exclude=set()), per_label=per_label, seed=seed)
 
 
-def _require(data_dir: Path, relative: str) -> Path:
-    path = data_dir / relative
-    if not path.exists():
-        raise ConfigError(
-            f"evaluation data not found: {relative} is missing under {data_dir}; "
-            "point --data at a copy of the shared evaluation data (default ../shared/data)",
-            path=path,
-        )
-    return path
-
-
-def _field(row: Mapping[str, Any], key: str, path: Path, line: int) -> str:
-    value = row.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"missing or empty string field {key!r}", path=path, line=line)
-    return value.strip()
-
-
 def _humaneval(data_dir: Path) -> list[LabelledQuery]:
-    path = _require(data_dir, _HUMANEVAL)
+    path = data_file(data_dir, _HUMANEVAL)
     return [
-        LabelledQuery(_field(row, "prompt", path, n), "coding", "humaneval") for n, row in read_jsonl(path)
+        LabelledQuery(text_field(row, "prompt", path, n), "coding", "humaneval")
+        for n, row in read_jsonl(path)
     ]
 
 
 def _gsm8k(data_dir: Path, relative: str, source: str) -> list[LabelledQuery]:
-    path = _require(data_dir, relative)
+    path = data_file(data_dir, relative)
     return [
-        LabelledQuery(_field(row, "question", path, n), "reasoning", source) for n, row in read_jsonl(path)
+        LabelledQuery(text_field(row, "question", path, n), "reasoning", source)
+        for n, row in read_jsonl(path)
     ]
 
 
 def _mmlu(data_dir: Path) -> list[LabelledQuery]:
-    folder = _require(data_dir, _MMLU_DIR)
+    folder = data_file(data_dir, _MMLU_DIR)
     files = {p.stem.removeprefix("mmlu_"): p for p in sorted(folder.glob("mmlu_*.csv"))}
     for subject in sorted(MMLU_REASONING_SUBJECTS | MMLU_EPISTEMIC_SUBJECTS):
         if subject not in files:
-            _require(data_dir, f"{_MMLU_DIR}/mmlu_{subject}.csv")
+            data_file(data_dir, f"{_MMLU_DIR}/mmlu_{subject}.csv")
     out: list[LabelledQuery] = []
     for subject, path in files.items():
         if subject in MMLU_LEFT_OUT_SUBJECTS:
@@ -266,7 +251,7 @@ def _mmlu_stem(prompt: str, path: Path, line: int) -> str:
 
 def _clinc(data_dir: Path) -> tuple[Mapping[str, list[tuple[str, str]]], frozenset[str]]:
     """CLINC's splits as ``(text, intent)`` pairs, and the intents of the ``small_talk`` domain."""
-    data_path, domains_path = _require(data_dir, _CLINC), _require(data_dir, _CLINC_DOMAINS)
+    data_path, domains_path = data_file(data_dir, _CLINC), data_file(data_dir, _CLINC_DOMAINS)
     data, domains = _load_json(data_path), _load_json(domains_path)
     small_talk = domains.get("small_talk")
     if not isinstance(small_talk, list):
@@ -295,11 +280,13 @@ def _clinc_small_talk(
 
 
 def _llava(data_dir: Path) -> list[LabelledQuery]:
-    path = _require(data_dir, _LLAVA)
+    path = data_file(data_dir, _LLAVA)
     out = []
     for n, row in read_jsonl(path):
-        image = Attachment("image", data=_placeholder_png(_field(row, "image", path, n)), mime="image/png")
-        out.append(LabelledQuery(_field(row, "text", path, n), "omni", "llava", (image,)))
+        image = Attachment(
+            "image", data=_placeholder_png(text_field(row, "image", path, n)), mime="image/png"
+        )
+        out.append(LabelledQuery(text_field(row, "text", path, n), "omni", "llava", (image,)))
     return out
 
 

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .figures import agg_figure
+
 if TYPE_CHECKING:
     from rich.table import Table
 
@@ -150,16 +152,13 @@ def plot_confusions(results: Mapping[str, RoutingScores], path: Path) -> Path:
 
     Raises:
         ValueError: ``results`` is empty.
+        ConfigError: matplotlib is not installed (``moe-agents[eval]``).
     """
     if not results:
         raise ValueError("no routing results to plot")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     ncols = min(3, len(results))
     nrows = -(-len(results) // ncols)
-    fig = Figure(figsize=(4.6 * ncols, 4.2 * nrows), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = agg_figure(4.6 * ncols, 4.2 * nrows)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, (name, scores) in zip(axes, results.items(), strict=False):
         counts = scores.confusion.astype(float)

@@ -40,13 +40,14 @@ import numpy as np
 from ..aggregators import VotingAggregator, WeightedAggregator
 from ..aggregators.base import Aggregation
 from ..answers import extract_number
+from ..recorded import PRICES, RecordedSet, load_gsm8k_recorded, load_mmlu
 from ..routing.context import ContextConfig, KMeansContexts
 from ..routing.encoder import Encoder
 from ..routing.permission import Candidates, SelectConfig, permission, select
 from ..routing.quality import SuccessModel
 from ..routing.trust import TrustStore
 from ..types import Answer, Query, Selection
-from .recorded import PRICES, RecordedSet, load_gsm8k_recorded, load_mmlu
+from .figures import agg_figure
 from .residency_trace import plot_residency, residency_trace
 
 __all__ = ["RecordedEvalConfig", "evaluate_recorded", "plot_recorded"]
@@ -60,7 +61,7 @@ class RecordedEvalConfig:
     """Settings of ``evaluate_recorded``.
 
     Attributes:
-        data_dir: the shared evaluation data.
+        data_dir: the evaluation data folder (default: ``$MOE_AGENTS_EVAL_DATA``).
         folds: cross-validation folds (MMLU: subject-disjoint).
         clusters: k-means contexts for trust.
         cost_weights: the sweep of the cost weight ``w`` (0 = quality only).
@@ -74,7 +75,7 @@ class RecordedEvalConfig:
         residency_queries: length of the residency trace.
     """
 
-    data_dir: Path = Path("../shared/data")
+    data_dir: Path | None = None
     folds: int = 5
     clusters: int = 32
     cost_weights: tuple[float, ...] = (0.0, *np.geomspace(1.0, 1e5, 61).tolist())
@@ -498,16 +499,16 @@ def embedding_cache_dir() -> Path | None:
 
 
 def plot_recorded(report: Mapping[str, Any], out_dir: Path) -> list[Path]:
-    """Writes the PNG plots of a report: cost/quality curves, online accuracy, residency."""
-    import matplotlib
+    """Writes the PNG plots of a report: cost/quality curves, online accuracy, residency.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    Raises:
+        ConfigError: matplotlib is not installed (``moe-agents[eval]``).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     cq = report["cost_quality"]
-    fig, axes = plt.subplots(1, len(cq), figsize=(6 * len(cq), 4.5), squeeze=False)
+    fig = agg_figure(6 * len(cq), 4.5, layout="tight")
+    axes = fig.subplots(1, len(cq), squeeze=False)
     for ax, (name, r) in zip(axes[0], cq.items(), strict=True):
         for key, style in (("trust_router", "o-"), ("success_router", "^-"), ("router_without_trust", "s--")):
             pts = _frontier(r[key], r["strong_accuracy"], r["weak_accuracy"])
@@ -519,13 +520,12 @@ def plot_recorded(report: Mapping[str, Any], out_dir: Path) -> list[Path]:
         ax.axhline(0.95 * r["strong_accuracy"], color="red", lw=0.8, label="95 % of GPT-4")
         ax.set(title=f"{name}: accuracy vs GPT-4 calls", xlabel="share of GPT-4 calls", ylabel="accuracy")
         ax.legend(fontsize=8)
-    fig.tight_layout()
     paths.append(out_dir / "cost_quality.png")
     fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
 
     online = report["online"]
-    fig, axes = plt.subplots(2, len(online), figsize=(6 * len(online), 8), squeeze=False)
+    fig = agg_figure(6 * len(online), 8, layout="tight")
+    axes = fig.subplots(2, len(online), squeeze=False)
     for col, (name, r) in enumerate(online.items()):
         for policy, p in r["policies"].items():
             axes[0][col].plot(r["checkpoints"], p["cumulative_accuracy"], label=policy)
@@ -533,10 +533,8 @@ def plot_recorded(report: Mapping[str, Any], out_dir: Path) -> list[Path]:
         axes[0][col].set(title=f"{name}: online cumulative accuracy", xlabel="questions", ylabel="accuracy")
         axes[1][col].set(title=f"{name}: cumulative cost", xlabel="questions", ylabel="USD", yscale="log")
         axes[0][col].legend(fontsize=7)
-    fig.tight_layout()
     paths.append(out_dir / "online_trust.png")
     fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
     if report.get("residency"):
         paths.append(plot_residency(report["residency"], out_dir / "residency.png"))
     return paths

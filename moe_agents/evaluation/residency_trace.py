@@ -37,6 +37,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..residency import GB, Residency, ResidencyConfig
+from .figures import agg_figure
 
 __all__ = [
     "DEFAULT_BUDGET_BYTES",
@@ -264,15 +265,14 @@ def plot_residency(report: Mapping[str, Any], path: Path) -> Path:
 
     Returns:
         ``path``.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
+    Raises:
+        ConfigError: matplotlib is not installed (``moe-agents[eval]``).
+    """
     rows = report["rows"]
     weights = sorted({r["swap_weight"] for r in rows if r["selector"] == "permission"}, reverse=True)
     lru = [r for r in rows if r["selector"] == "lru"]
-    fig = Figure(figsize=(13, 3.8), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = agg_figure(13, 3.8)
     axes = fig.subplots(1, 3)
     panels = (
         ("hit_rate", "hit rate"),

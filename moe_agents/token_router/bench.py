@@ -6,9 +6,9 @@ and Belady caches, all fed the same plain trace) and for the token router's cach
 λ × cache size. The full policy's operating point (λ and the load-balancing step γ) is chosen on GSM8K
 *train* text and then replayed on the test text. It reports hit rate, ΔPPL, churn, load entropy,
 MaxVio, dead experts, the selection overhead (on the tiny model and on one MoE layer of the
-deployment target's size) and real-offload decode speed, against the issue's targets
-(``bench_report``). ``run_token_router_benchmark`` is the one command: train (cached), evaluate,
-write JSON and PNG.
+deployment target's size) and real-offload decode speed, and checks the targets it is given
+(``bench_report.TokenRouterTargets``). ``run_token_router_benchmark`` is the one command: train
+(cached), evaluate, write JSON and PNG.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..eval_data import eval_data_dir
 from ..logging import get_logger
-from .bench_report import plot_token_router, targets
+from .bench_report import TokenRouterTargets, check_targets, plot_token_router
 from .cache import ExpertCache, belady_hit_rate
 from .calibrate import calibrate_trust
 from .metrics import CacheStats
@@ -36,7 +37,7 @@ from .offload import OffloadHandle, OffloadStats, offload_experts
 from .patch import patch
 from .policy import TokenPolicy
 from .train import MARKER, SEQ_LEN, VOCAB, encode, gsm8k_texts, progress_bar, train_tiny_moe
-from .tune import cache_row, replay, run_policy, tune_policy, with_ppl
+from .tune import QualityLimits, cache_row, replay, run_policy, tune_policy, with_ppl
 
 __all__ = [
     "DEPLOYMENT_LAYER",
@@ -299,7 +300,7 @@ def offload_speed(
 
     Args:
         model_path: a checkpoint from ``train_tiny_moe``.
-        data_dir: the shared data folder (reads ``gsm8k/test.jsonl`` and ``train.jsonl``).
+        data_dir: the evaluation data folder (reads ``gsm8k/test.jsonl`` and ``train.jsonl``).
         capacity: resident experts per layer.
         policy: the token router's policy for (c).
         tokens: decoded tokens per timed run.
@@ -367,6 +368,7 @@ def evaluate_token_router(
     offload_repeats: int = 3,
     trust_max: float = 0.0,
     calibration_tokens: int | None = None,
+    targets: TokenRouterTargets | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Replays held-out GSM8K test text through plain top-k and the token router, with expert caches.
@@ -379,7 +381,7 @@ def evaluate_token_router(
 
     Args:
         model_path: a checkpoint from ``train_tiny_moe``.
-        data_dir: the shared data folder (reads ``gsm8k/test.jsonl``, and ``train.jsonl`` for tuning).
+        data_dir: the evaluation data folder (reads ``gsm8k/test.jsonl``, and ``train.jsonl`` for tuning).
         cache_fractions: resident experts per layer as a share of E (default ``(2k/E, 0.25, 0.5)``;
             equal capacities are measured once).
         lambdas: cache bonuses λ.
@@ -398,13 +400,15 @@ def evaluate_token_router(
         trust_max: when > 0, per-expert trust is calibrated on GSM8K *train* text (``calibrate_trust``) and
             an extra row "tuned + trust" (2k capacity) is replayed per mode.
         calibration_tokens: train byte tokens for the trust calibration (default ``tokens``).
+        targets: checked on the results (``check_targets``); their quality limits are also the
+            tuning's (default ``QualityLimits()``).
         progress: show a progress bar on stderr.
 
     Returns:
         A JSON-ready report: ``model``, ``capacities``, ``tuning``, per mode the ``plain`` rows (per
         capacity and cache policy), ``ours`` rows (per capacity and λ), the ``tuned`` row and, with
         trust, a ``trust`` row; ``overhead``, ``offload`` (unless skipped), with ``deployment``
-        ``deployment_overhead`` and ``deployment_offload``, and ``targets``.
+        ``deployment_overhead`` and ``deployment_offload``, and with ``targets`` their checks.
 
     Raises:
         ConfigError: ``protect_top_j`` exceeds the model's top-k, or the data is missing.
@@ -449,6 +453,7 @@ def evaluate_token_router(
         tuning = tune_policy(
             model, train_docs, capacity=cap2k, lambdas=positive, gammas=balance_gammas,
             protect_top_j=protect_top_j, mode=modes[0], on_step=tuning_step,
+            limits=targets.quality if targets is not None else QualityLimits(),
         )  # fmt: skip
         report["tuning"] = {"split": "gsm8k train", "documents": len(train_docs), **tuning.to_dict()}
         tuned = tuning.policy
@@ -506,7 +511,8 @@ def evaluate_token_router(
             model_path, data_dir, capacity=cap2k, policy=tuned, tokens=offload_tokens,
             repeats=offload_repeats, model=model,
         )  # fmt: skip
-    report["targets"] = targets(report)
+    if targets is not None:
+        report["targets"] = check_targets(report, targets)
     return report
 
 
@@ -537,7 +543,7 @@ def _trust_rows(
 
 
 def run_token_router_benchmark(
-    data_dir: Path,
+    data_dir: str | Path | None,
     out_dir: Path,
     *,
     max_minutes: float = 10.0,
@@ -545,23 +551,29 @@ def run_token_router_benchmark(
     tokens: int = 2000,
     trust_max: float = 0.0,
     deployment: bool = True,
+    targets: TokenRouterTargets | None = None,
     progress: bool = True,
 ) -> tuple[dict[str, Any], Path, Path]:
     """The benchmark in one call: trains the tiny model (or reuses its cached checkpoint under
     ``out_dir/checkpoints``), evaluates it, and writes ``token_router.json`` and ``token_router.png``.
 
+    ``data_dir`` is the evaluation data folder (``None``: ``$MOE_AGENTS_EVAL_DATA``); ``targets``,
+    if given, are checked (see ``evaluate_token_router``).
+
     Returns:
         The report, the JSON path and the PNG path.
 
     Raises:
-        ConfigError: GSM8K is missing from ``data_dir``.
+        ConfigError: no data folder is given, or GSM8K is missing from it.
     """
+    data_dir = eval_data_dir(data_dir)
     checkpoint = train_tiny_moe(
         data_dir, out_dir / "checkpoints", seed=seed, max_minutes=max_minutes, progress=progress
     )
     report = evaluate_token_router(
-        checkpoint, data_dir, tokens=tokens, trust_max=trust_max, deployment=deployment, progress=progress
-    )
+        checkpoint, data_dir, tokens=tokens, trust_max=trust_max, deployment=deployment, targets=targets,
+        progress=progress,
+    )  # fmt: skip
     report["command"] = (
         f"moe-agents eval token-router --data {data_dir} --out {out_dir} --max-minutes {max_minutes} "
         f"--seed {seed} --tokens {tokens} --trust-max {trust_max}"

@@ -1,33 +1,54 @@
-"""The token-router benchmark's verdicts, tables and plot, from its JSON-ready report.
+"""The token-router benchmark's tables, plot and target checks, from its JSON-ready report.
 
-``targets`` checks the issue's targets at a cache of 2k experts per layer; ``render_token_router``
-gives rich tables for a console; ``plot_token_router`` draws the hit-rate vs ΔPPL Pareto plot.
+``check_targets`` checks targets a benchmark sets (``TokenRouterTargets``) at a cache of 2k experts
+per layer; ``render_token_router`` gives rich tables for a console; ``plot_token_router`` draws the
+hit-rate vs ΔPPL Pareto plot.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .tune import row_checks
+from ..evaluation.figures import agg_figure
+from .tune import QualityLimits, check, row_checks
 
-__all__ = ["plot_token_router", "render_token_router", "targets"]
+__all__ = ["TokenRouterTargets", "check_targets", "plot_token_router", "render_token_router"]
 
-_OVERHEAD_BOUND = 5.0  # % of the MoE block
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenRouterTargets:
+    """What the token router should reach at a cache of 2k experts per layer, against plain top-k +
+    LRU: a benchmark's targets, checked by ``check_targets``.
+
+    Attributes:
+        hit_rate_gain_points: the least hit-rate gain, in percentage points.
+        quality: the most a setting may cost in quality (also the tuner's limits).
+        selection_pct_of_moe_block: the most the expert selection may cost, in percent of the MoE
+            block's time.
+    """
+
+    hit_rate_gain_points: float
+    quality: QualityLimits
+    selection_pct_of_moe_block: float
 
 
 def _with_all(checks: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {**checks, "all_met": all(c["met"] for c in checks.values())}
 
 
-def targets(report: dict[str, Any], mode: str = "decode") -> dict[str, Any]:
-    """The issue's targets at a cache of 2k experts per layer.
+def check_targets(
+    report: dict[str, Any], targets: TokenRouterTargets, mode: str = "decode"
+) -> dict[str, Any]:
+    """``targets`` checked on a report at a cache of 2k experts per layer.
 
     Returns:
-        ``per_lambda``: the checks of every cache-bonus-only row (λ > 0); ``tuned``: those of the
-        tuned policy (λ and γ chosen on train text); ``overhead`` (and ``deployment_overhead``): the
-        selection cost against ≤ 5 % of the MoE block; ``offload_decode_tokens_per_s`` (and
-        ``deployment_offload``): ours faster than plain under real offload.
+        ``goals``: ``targets`` as a dict; ``per_lambda``: the checks of every cache-bonus-only row (λ > 0);
+        ``tuned``: those of the tuned policy (λ and γ chosen on train text); ``overhead`` (and
+        ``deployment_overhead``): the selection cost against its bound; ``offload_decode_tokens_per_s``
+        (and ``deployment_offload``): ours faster than plain under real offload.
     """
     if mode not in report:
         mode = next(m for m in ("decode", "prefill") if m in report)
@@ -35,17 +56,29 @@ def targets(report: dict[str, Any], mode: str = "decode") -> dict[str, Any]:
     if cap not in report[mode]["ours"]:
         return {}
     plain = report[mode]["plain"][cap]["lru"]
-    out: dict[str, Any] = {"mode": mode, "capacity": int(cap), "per_lambda": {}}
+
+    def row_targets(row: dict[str, Any]) -> dict[str, Any]:
+        gain = 100 * (row["hit_rate"] - plain["hit_rate"])
+        return _with_all(
+            {
+                "hit_rate_gain_points": check(gain, ">=", targets.hit_rate_gain_points),
+                **row_checks(row, plain, targets.quality),
+            }
+        )
+
+    out: dict[str, Any] = {
+        "mode": mode, "capacity": int(cap), "goals": dataclasses.asdict(targets), "per_lambda": {},
+    }  # fmt: skip
     for lam, row in report[mode]["ours"][cap].items():
         if float(lam) != 0.0:
-            out["per_lambda"][lam] = _with_all(row_checks(row, plain))
+            out["per_lambda"][lam] = row_targets(row)
     if "tuned" in report[mode]:
         tuned = report[mode]["tuned"]
-        out["tuned"] = {"label": tuned["label"], **_with_all(row_checks(tuned, plain))}
+        out["tuned"] = {"label": tuned["label"], **row_targets(tuned)}
     for key in ("overhead", "deployment_overhead"):
         if key in report:
             pct = report[key]["selection_pct_of_moe_block"]
-            out[key] = {"value": pct, "bound": f"<= {_OVERHEAD_BOUND}", "met": pct <= _OVERHEAD_BOUND}
+            out[key] = check(pct, "<=", targets.selection_pct_of_moe_block)
     for key, name in (
         ("offload", "offload_decode_tokens_per_s"),
         ("deployment_offload", "deployment_offload"),
@@ -86,7 +119,7 @@ _COLUMNS = (
 
 def render_token_router(report: dict[str, Any]) -> list[Any]:
     """Rich renderables: the model line, the tuning table, per mode the cache runs, the overhead, the
-    real-offload speeds and the targets."""
+    real-offload speeds and, if the report has them, the targets."""
     from rich.table import Table
 
     out: list[Any] = []
@@ -105,7 +138,7 @@ def render_token_router(report: dict[str, Any]) -> list[Any]:
             f"C={tune['capacity']}): plain top-k + LRU hit rate {tune['plain_lru']['hit_rate']:.3f}; chosen "
             f"λ={tune['chosen']['lambda']} γ={tune['chosen']['balance_gamma']}"
         )
-        for col in ("λ", "γ", "hit rate", "ΔPPL %", "entropy", "dead/layer", "quality targets"):
+        for col in ("λ", "γ", "hit rate", "ΔPPL %", "entropy", "dead/layer", "quality limits"):
             table.add_column(col, justify="right")
         for row in tune["rows"].values():
             table.add_row(
@@ -181,9 +214,16 @@ def _render_targets(t: dict[str, Any]) -> list[Any]:
 
     if not t:
         return []
+    goal, quality = t["goals"], t["goals"]["quality"]
     table = Table(title=f"targets at C = 2k = {t['capacity']} ({t['mode']}, vs plain top-k + LRU)")
-    for col in ("router", "hit-rate gain (≥ 15 pts)", "ΔPPL % (≤ 1)", "entropy ratio (≥ 0.9)",
-                "dead/layer over plain (≤ 2)", "all"):  # fmt: skip
+    for col in (
+        "router",
+        f"hit-rate gain (≥ {goal['hit_rate_gain_points']:g} pts)",
+        f"ΔPPL % (≤ {quality['delta_ppl_pct']:g})",
+        f"entropy ratio (≥ {quality['entropy_ratio']:g})",
+        f"dead/layer over plain (≤ {quality['dead_experts_per_layer']:g})",
+        "all",
+    ):
         table.add_column(col, justify="right")
 
     def cell(c: dict[str, Any]) -> str:
@@ -202,7 +242,8 @@ def _render_targets(t: dict[str, Any]) -> list[Any]:
         if key in t:
             ov = t[key]
             out.append(
-                f"selection overhead (≤ 5 % of the MoE block), {name}: {ov['value']:.1f} % — "
+                f"selection overhead (≤ {goal['selection_pct_of_moe_block']:g} % of the MoE block), {name}: "
+                f"{ov['value']:.1f} % — "
                 f"{'met' if ov['met'] else 'NOT met'}"
             )
     for key, name in (
@@ -220,14 +261,16 @@ def _render_targets(t: dict[str, Any]) -> list[Any]:
 
 def plot_token_router(report: dict[str, Any], path: Path) -> Path:
     """Hit rate vs ΔPPL (Pareto plot), one panel per mode: the cache bonus's λ curve per cache size,
-    the tuned policy, and plain top-k + LRU / Belady marked at ΔPPL 0."""
-    import matplotlib
+    the tuned policy, plain top-k + LRU / Belady marked at ΔPPL 0, and the ΔPPL limit if the report
+    has targets.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    Raises:
+        ConfigError: matplotlib is not installed (``moe-agents[eval]``).
+    """
     modes = [m for m in ("decode", "prefill") if m in report]
-    fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.5), squeeze=False)
+    limit = report.get("targets", {}).get("goals", {}).get("quality", {}).get("delta_ppl_pct")
+    fig = agg_figure(6 * len(modes), 4.5, layout="tight")
+    axes = fig.subplots(1, len(modes), squeeze=False)
     for ax, mode in zip(axes[0], modes, strict=True):
         for i, cap in enumerate(report["capacities"]):
             color = f"C{i}"
@@ -248,14 +291,13 @@ def plot_token_router(report: dict[str, Any], path: Path) -> Path:
         if tuned:
             ax.scatter([tuned["delta_ppl_pct"]], [tuned["hit_rate"]], marker="D", s=60, color="black",
                        label=f"{tuned['label']} C={tuned['capacity']}")  # fmt: skip
-        ax.axvline(1.0, color="grey", ls="--", lw=0.8)
+        if limit is not None:
+            ax.axvline(limit, color="grey", ls="--", lw=0.8)
         ax.set_xlabel("ΔPPL vs plain top-k (%)")
         ax.set_ylabel("expert-cache hit rate")
         ax.set_title(f"{mode} (E={report['model']['experts']}, k={report['model']['top_k']})")
         ax.legend(fontsize=7)
-    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

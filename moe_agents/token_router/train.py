@@ -100,7 +100,7 @@ def train_tiny_moe(
     second call with the same settings loads nothing and trains nothing.
 
     Args:
-        data_dir: the shared data folder (reads ``gsm8k/train.jsonl`` only).
+        data_dir: the evaluation data folder (reads ``gsm8k/train.jsonl`` only).
         out_dir: where checkpoints are cached.
         layers: decoder layers (all MoE).
         experts: experts per layer (E).

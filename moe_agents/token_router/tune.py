@@ -3,8 +3,8 @@
 ``tune_policy`` replays text through a model at batch size 1 (decode: one token per forward with a
 KV cache; or prefill) for plain top-k and for every cache bonus λ × load-balancing step γ, with an
 LRU expert cache of the given size whose residency the router sees, and picks the best hit rate
-among the settings that keep the quality targets (``row_checks``: ΔPPL ≤ 1 %, load entropy ≥ 0.9×
-plain, dead experts ≤ plain + 2 per layer). Use text you will not evaluate on.
+among the settings within the quality limits (``QualityLimits``, checked by ``row_checks``). Use text
+you will not evaluate on.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .metrics import CacheStats
 from .patch import patch
 from .policy import TokenPolicy
 
-__all__ = ["Tuning", "replay", "row_checks", "run_policy", "tune_policy"]
+__all__ = ["QualityLimits", "Tuning", "check", "replay", "row_checks", "run_policy", "tune_policy"]
 
 MODES = ("decode", "prefill")
 
@@ -100,25 +100,48 @@ def with_ppl(row: dict[str, float], nll: float, count: int, plain_ppl: float) ->
     return {**row, "ppl": ppl, "delta_ppl_pct": 100 * (ppl / plain_ppl - 1)}
 
 
-def row_checks(row: dict[str, Any], plain: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The per-setting targets of a router row against plain top-k + LRU at the same cache size.
+@dataclass(frozen=True, slots=True)
+class QualityLimits:
+    """What a cache-aware setting may cost against plain top-k + LRU at the same cache size.
+
+    Attributes:
+        delta_ppl_pct: the most perplexity may rise, in percent.
+        entropy_ratio: the least load entropy, as a share of plain's.
+        dead_experts_per_layer: the most dead experts per layer above plain's.
+    """
+
+    delta_ppl_pct: float = 1.0
+    entropy_ratio: float = 0.9
+    dead_experts_per_layer: float = 2.0
+
+
+def row_checks(
+    row: dict[str, Any],
+    plain: dict[str, Any],
+    limits: QualityLimits = QualityLimits(),
+) -> dict[str, dict[str, Any]]:
+    """A router row's quality against plain top-k + LRU at the same cache size, within ``limits``.
 
     Returns:
-        Per target (``hit_rate_gain_points`` ≥ 15, ``delta_ppl_pct`` ≤ 1, ``entropy_ratio`` ≥ 0.9,
-        ``dead_experts_per_layer_over_plain`` ≤ 2): ``value``, ``bound`` and ``met``.
+        Per check (``delta_ppl_pct``, ``entropy_ratio``, ``dead_experts_per_layer_over_plain``):
+        ``value``, ``bound`` and ``met``.
     """
-    checks = {
-        "hit_rate_gain_points": (100 * (row["hit_rate"] - plain["hit_rate"]), ">=", 15.0),
-        "delta_ppl_pct": (row["delta_ppl_pct"], "<=", 1.0),
-        "entropy_ratio": (row["load_entropy"] / max(plain["load_entropy"], 1e-12), ">=", 0.9),
-        "dead_experts_per_layer_over_plain": (
-            row["dead_experts_per_layer"] - plain["dead_experts_per_layer"], "<=", 2.0,
-        ),
-    }  # fmt: skip
     return {
-        name: {"value": v, "bound": f"{op} {b}", "met": v >= b if op == ">=" else v <= b}
-        for name, (v, op, b) in checks.items()
+        "delta_ppl_pct": check(row["delta_ppl_pct"], "<=", limits.delta_ppl_pct),
+        "entropy_ratio": check(
+            row["load_entropy"] / max(plain["load_entropy"], 1e-12), ">=", limits.entropy_ratio
+        ),
+        "dead_experts_per_layer_over_plain": check(
+            row["dead_experts_per_layer"] - plain["dead_experts_per_layer"],
+            "<=",
+            limits.dead_experts_per_layer,
+        ),
     }
+
+
+def check(value: float, op: str, bound: float) -> dict[str, Any]:
+    """``{"value", "bound", "met"}`` for ``value op bound`` (``op`` is ``">="`` or ``"<="``)."""
+    return {"value": value, "bound": f"{op} {bound}", "met": value >= bound if op == ">=" else value <= bound}
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,10 +184,11 @@ def tune_policy(
     gammas: Sequence[float] = (0.0, 2e-4, 5e-4, 1e-3),
     protect_top_j: int = 1,
     mode: str = "decode",
+    limits: QualityLimits = QualityLimits(),
     on_step: Callable[[str], object] | None = None,
 ) -> Tuning:
     """Chooses λ and γ on calibration text: the best hit rate at ``capacity`` among the settings
-    that meet every quality target there, else among those with ΔPPL ≤ 1 %, else λ = 0.1 alone.
+    within every quality limit there, else among those within the ΔPPL limit, else λ = 0.1 alone.
 
     Args:
         model: a transformers MoE causal LM that ``patch`` supports.
@@ -174,6 +198,8 @@ def tune_policy(
         gammas: load-balancing steps γ to try.
         protect_top_j: the model's own top-J picks never displaced.
         mode: ``"decode"`` or ``"prefill"``.
+        limits: what a setting may cost in quality (default: ΔPPL ≤ 1 %, load entropy ≥ 0.9× plain,
+            dead experts ≤ plain + 2 per layer).
         on_step: called with a description before the plain replay and each setting's (progress).
 
     Raises:
@@ -192,13 +218,13 @@ def tune_policy(
             policy = TokenPolicy(lam=lam, protect_top_j=protect_top_j, balance_gamma=gamma)
             row, nll, _ = run_policy(model, docs, mode, policy, capacity)
             row = with_ppl(row, nll, count, plain_ppl)
-            checks = row_checks(row, plain)
+            checks = row_checks(row, plain, limits)
             rows[f"{lam}/{gamma}"] = {
                 "lambda": lam, "balance_gamma": gamma, **row,
-                "quality_met": all(c["met"] for n, c in checks.items() if n != "hit_rate_gain_points"),
+                "quality_met": all(c["met"] for c in checks.values()),
             }  # fmt: skip
     ranked = [r for r in rows.values() if r["quality_met"]] or [
-        r for r in rows.values() if r["delta_ppl_pct"] <= 1.0
+        r for r in rows.values() if r["delta_ppl_pct"] <= limits.delta_ppl_pct
     ]
     best = max(ranked, key=lambda r: r["hit_rate"]) if ranked else {"lambda": 0.1, "balance_gamma": 0.0}
     chosen = TokenPolicy(lam=best["lambda"], protect_top_j=protect_top_j, balance_gamma=best["balance_gamma"])

@@ -1,6 +1,8 @@
 """Recorded answers of real LLMs to public test questions: who was right, what they said, what it cost.
 
-Two sets, read from the shared evaluation data (``../shared/data``, the benchmarks' ``--data``):
+The one source of the recordings, their prices and the question keys they are filed under, for the
+``replay`` backend and the evaluation alike. Two sets, read from the evaluation data folder
+(``moe_agents.eval_data``):
 
 - ``load_mmlu``: the 14,042 MMLU test questions (57 subjects) with the recorded correctness of
   Mixtral-8x7B-Instruct and GPT-4-1106 (RouteLLM). No reply texts were published.
@@ -16,19 +18,27 @@ from __future__ import annotations
 
 import csv
 import random
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..answers import normalise_number
-from ..backends.replay import question_key
-from ..errors import ConfigError
-from ..jsonl import read_jsonl
-from .data import _field, _require
+from .answers import normalise_number
+from .errors import ConfigError
+from .eval_data import data_file, eval_data_dir, text_field
+from .jsonl import read_jsonl
 
-__all__ = ["GSM8K_MODELS", "MMLU_MODELS", "PRICES", "RecordedSet", "load_gsm8k_recorded", "load_mmlu"]
+__all__ = [
+    "GSM8K_MODELS",
+    "MMLU_MODELS",
+    "PRICES",
+    "RecordedSet",
+    "load_gsm8k_recorded",
+    "load_mmlu",
+    "question_key",
+]
 
 MMLU_MODELS: tuple[str, ...] = ("mixtral-8x7b", "gpt-4-1106")
 """The models of ``load_mmlu``, in column order."""
@@ -57,6 +67,34 @@ _GSM8K_TEST = "gsm8k/test.jsonl"
 _GSM8K_GPT3 = "gsm8k/example_model_solutions.jsonl"
 _GSM8K_ROUTELLM = "routellm/gsm8k_responses.csv"
 _BOOLS = {"True": True, "False": False}
+
+_PLAIN = str.maketrans(
+    {
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u201a": "'",
+        "\u201b": "'",
+        "\u2032": "'",
+        "\u00b4": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u201e": '"',
+        "\u201f": '"',
+        "\u2033": '"',
+        "\u2013": "-",
+        "\u2014": "-",
+        "\u2212": "-",
+    }
+)
+
+
+def question_key(text: str) -> str:
+    """The text recorded answers are filed under: NFKC, plain quotes and dashes, whitespace collapsed.
+
+    Case is kept. ``"Janet\u2019s  ducks\\n"`` and ``"Janet's ducks"`` have the same key.
+    """
+    return " ".join(unicodedata.normalize("NFKC", text).translate(_PLAIN).split())
+
 
 # -- prices ----------------------------------------------------------------------------------------
 # A typical call: 500 prompt tokens and 250 completion tokens. List prices in USD per 1M tokens, at
@@ -216,9 +254,7 @@ class RecordedSet:
         return [np.sort(np.concatenate(parts)) for parts in chosen]
 
 
-def load_mmlu(
-    data_dir: str | Path = "../shared/data", *, limit_per_subject: int | None = None
-) -> RecordedSet:
+def load_mmlu(data_dir: str | Path | None = None, *, limit_per_subject: int | None = None) -> RecordedSet:
     """MMLU test questions with the recorded correctness of Mixtral-8x7B and GPT-4-1106.
 
     Reads ``routellm/mmlu/mmlu_<subject>.csv`` (columns ``prompt``,
@@ -226,19 +262,20 @@ def load_mmlu(
     In full: 14,042 questions in 57 subjects; Mixtral 0.681, GPT-4 0.806 correct.
 
     Args:
-        data_dir: the shared evaluation data folder.
+        data_dir: the evaluation data folder (default: ``$MOE_AGENTS_EVAL_DATA``).
         limit_per_subject: keep only the first this many questions of each subject.
 
     Raises:
-        ConfigError: the folder or a column is missing, or a correctness value is not True/False.
+        ConfigError: no folder is given, the folder or a column is missing, or a correctness value
+            is not True/False.
         ValueError: ``limit_per_subject`` is below 1.
     """
     if limit_per_subject is not None and limit_per_subject < 1:
         raise ValueError(f"limit_per_subject must be >= 1, got {limit_per_subject}")
-    folder = _require(Path(data_dir), _MMLU_DIR)
+    folder = data_file(eval_data_dir(data_dir), _MMLU_DIR)
     files = sorted(folder.glob("mmlu_*.csv"))
     if not files:
-        raise ConfigError("no mmlu_<subject>.csv files; the data lives at ../shared/data", path=folder)
+        raise ConfigError("no mmlu_<subject>.csv files in the evaluation data", path=folder)
     questions: list[str] = []
     groups: list[str] = []
     correct: list[list[bool]] = []
@@ -246,7 +283,7 @@ def load_mmlu(
         subject = path.stem.removeprefix("mmlu_")
         rows = _read_csv(path, ["prompt", *(_ROUTELLM_COLUMNS[m] for m in MMLU_MODELS)])
         for line, row in rows[:limit_per_subject]:
-            questions.append(_field(row, "prompt", path, line))
+            questions.append(text_field(row, "prompt", path, line))
             groups.append(subject)
             correct.append([_bool(row, _ROUTELLM_COLUMNS[m], path, line) for m in MMLU_MODELS])
     return RecordedSet(
@@ -254,7 +291,7 @@ def load_mmlu(
     )
 
 
-def load_gsm8k_recorded(data_dir: str | Path = "../shared/data", *, limit: int | None = None) -> RecordedSet:
+def load_gsm8k_recorded(data_dir: str | Path | None = None, *, limit: int | None = None) -> RecordedSet:
     """The GSM8K test problems with the full solutions and correctness of six real models.
 
     Joins ``gsm8k/test.jsonl`` (question and gold answer), ``gsm8k/example_model_solutions.jsonl``
@@ -265,20 +302,20 @@ def load_gsm8k_recorded(data_dir: str | Path = "../shared/data", *, limit: int |
     fine-tuned; 6B 0.390 and 0.217.
 
     Args:
-        data_dir: the shared evaluation data folder.
+        data_dir: the evaluation data folder (default: ``$MOE_AGENTS_EVAL_DATA``).
         limit: keep only the first this many test problems (in ``test.jsonl`` order).
 
     Raises:
-        ConfigError: a file is missing or malformed, a question occurs twice in a file, or a test
-            problem has no recording in one of the two other files.
+        ConfigError: no folder is given, a file is missing or malformed, a question occurs twice in
+            a file, or a test problem has no recording in one of the two other files.
         ValueError: ``limit`` is below 1.
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
-    data_dir = Path(data_dir)
-    test_path = _require(data_dir, _GSM8K_TEST)
-    gpt3_path = _require(data_dir, _GSM8K_GPT3)
-    routellm_path = _require(data_dir, _GSM8K_ROUTELLM)
+    folder = eval_data_dir(data_dir)
+    test_path = data_file(folder, _GSM8K_TEST)
+    gpt3_path = data_file(folder, _GSM8K_GPT3)
+    routellm_path = data_file(folder, _GSM8K_ROUTELLM)
 
     gpt3: dict[str, dict[str, tuple[str, bool]]] = {}
     for line, row in read_jsonl(gpt3_path):
@@ -290,7 +327,7 @@ def load_gsm8k_recorded(data_dir: str | Path = "../shared/data", *, limit: int |
                     f"{column!r} needs 'solution' and a boolean 'is_correct'", path=gpt3_path, line=line
                 )
             recorded[model] = (str(cell.get("solution", "")), cell["is_correct"])
-        _put(gpt3, question_key(_field(row, "question", gpt3_path, line)), recorded, gpt3_path, line)
+        _put(gpt3, question_key(text_field(row, "question", gpt3_path, line)), recorded, gpt3_path, line)
 
     routellm: dict[str, dict[str, tuple[str, bool]]] = {}
     columns = [c for v in _ROUTELLM_COLUMNS.values() for c in (v, f"{v}_response")]
@@ -300,7 +337,11 @@ def load_gsm8k_recorded(data_dir: str | Path = "../shared/data", *, limit: int |
             for model, column in _ROUTELLM_COLUMNS.items()
         }
         _put(
-            routellm, question_key(_field(row, "prompt", routellm_path, line)), recorded, routellm_path, line
+            routellm,
+            question_key(text_field(row, "prompt", routellm_path, line)),
+            recorded,
+            routellm_path,
+            line,
         )
 
     questions: list[str] = []
@@ -312,12 +353,12 @@ def load_gsm8k_recorded(data_dir: str | Path = "../shared/data", *, limit: int |
     for line, row in read_jsonl(test_path):
         if limit is not None and len(questions) == limit:
             break
-        question = _field(row, "question", test_path, line)
+        question = text_field(row, "question", test_path, line)
         key = question_key(question)
         if key in seen:
             raise ConfigError(f"question occurs twice: {key[:60]!r}", path=test_path, line=line)
         seen.add(key)
-        answer = _field(row, "answer", test_path, line)
+        answer = text_field(row, "answer", test_path, line)
         if "####" not in answer:
             raise ConfigError("answer has no '#### <final answer>' line", path=test_path, line=line)
         if key not in gpt3 or key not in routellm:
@@ -332,7 +373,7 @@ def load_gsm8k_recorded(data_dir: str | Path = "../shared/data", *, limit: int |
     if unmatched:
         raise ConfigError(
             f"{len(unmatched)} test problems have no recorded solutions in {_GSM8K_GPT3} or "
-            f"{_GSM8K_ROUTELLM} (first: {unmatched[0][:60]!r}); the data lives at ../shared/data",
+            f"{_GSM8K_ROUTELLM} (first: {unmatched[0][:60]!r})",
             path=test_path,
         )
     return RecordedSet(
