@@ -53,6 +53,12 @@ ConfigOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log pipeline events to stderr.")]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data", help="The evaluation data folder (default: $MOE_AGENTS_EVAL_DATA).", show_default=False
+    ),
+]
 
 
 def _setup(verbose: bool) -> None:
@@ -346,7 +352,7 @@ app.add_typer(eval_app, name="eval")
 
 @eval_app.command("routing")
 def eval_routing(
-    data: Annotated[Path, typer.Option("--data", help="The shared data folder.")] = Path("../shared/data"),
+    data: DataOpt = None,
     config: ConfigOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
     plot: Annotated[
@@ -458,7 +464,7 @@ def eval_momentum(
 
 @eval_app.command("recorded")
 def eval_recorded(
-    data: Annotated[Path, typer.Option("--data", help="The shared data folder.")] = Path("../shared/data"),
+    data: DataOpt = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for report.json and the PNG plots.")] = Path(
         "results/recorded"
     ),
@@ -502,7 +508,7 @@ def eval_recorded(
 
 @eval_app.command("token-router")
 def eval_token_router(
-    data: Annotated[Path, typer.Option("--data", help="The shared data folder.")] = Path("../shared/data"),
+    data: DataOpt = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for token_router.json/.png.")] = Path(
         "benchmarks/out"
     ),

@@ -45,7 +45,7 @@ async def evaluate_routing(
     experts: Sequence[Expert],
     router: Router,
     *,
-    data_dir: Path,
+    data_dir: str | Path | None = None,
     per_label: int = 400,
     fit_per_label: int = 200,
     seed: int = 0,
@@ -58,7 +58,7 @@ async def evaluate_routing(
     Args:
         experts: the pipeline's experts (their exemplars and ``can_handle`` are what is measured).
         router: the pipeline's router (its encoder, settings and extra exemplars are used).
-        data_dir: the shared data folder.
+        data_dir: the evaluation data folder (default: ``$MOE_AGENTS_EVAL_DATA``).
         per_label: cap per label of the test set.
         fit_per_label: cap per label of the fit-split exemplars of the ``exemplars+fit`` variant.
         seed: seed of the test-set sample.
