@@ -59,6 +59,7 @@ from .backends.base import Backend, GenerationSettings
 from .budget import BudgetConfig
 from .config_seed import Shape, translate
 from .continuity import THRESHOLD as CONTINUE_THRESHOLD
+from .core.validation import check_references
 from .errors import ConfigError, MoEError
 from .inputs import InputLimits
 from .management import ABTest, HealthPolicy, RankingWeights, ScalingPolicy
@@ -455,9 +456,18 @@ class _Builder:
         encoder = self.encoder()
         experts = [self.expert(e, i, encoder) for i, e in enumerate(self.spec.experts)]
         names = [e.name for e in experts]
-        for i, name in enumerate(names):
-            if name in names[:i]:
-                raise self.error(f"duplicate expert name {name!r}", ("experts", i, "name"))
+        aggregator, management = self.aggregator(), self.management()
+        try:  # before the stores and files the router and memory open
+            check_references(
+                names,
+                routed=[e.name for e in self.spec.experts if e.routed],
+                top_k=self.spec.router.top_k,
+                fallback_expert=self.spec.router.fallback_expert,
+                referenced=aggregator.referenced_experts,
+                ab_tests=management.ab_tests if management is not None else (),
+            )
+        except ConfigError as exc:
+            raise self.error(exc.message, _loc(exc.key)) from None
         trust = self.spec.trust if self.spec.trust is not None and self.spec.trust.enabled else None
         budget = None
         if trust is not None:
@@ -468,14 +478,14 @@ class _Builder:
             pipeline = Pipeline(
                 experts,
                 router=self.router(encoder, names),
-                aggregator=self.aggregator(names),
+                aggregator=aggregator,
                 budget=budget,
                 limits=InputLimits(**self.spec.limits.model_dump()),
                 request_timeout_s=rt.request_timeout_s,
                 max_concurrency=rt.max_concurrency,
                 max_queue=rt.max_queue,
                 memory=self.memory(encoder),
-                management=self.management(names),
+                management=management,
             )
         except ConfigError as exc:
             if exc.path is not None:
@@ -489,17 +499,10 @@ class _Builder:
                     raise self.error(exc.message, ("experts", i, "routed")) from None
         return pipeline
 
-    def management(self, names: Sequence[str]) -> ManagementConfig | None:
+    def management(self) -> ManagementConfig | None:
         m, tests = self.spec.management, self.spec.ab_tests
         if m == ManagementSpec() and not tests:
             return None
-        for i, t in enumerate(tests):
-            for key in ("control", "treatment"):
-                if getattr(t, key) not in names:
-                    raise self.error(
-                        f"A/B test {t.name!r}: {getattr(t, key)!r} is not an expert; experts: {list(names)}",
-                        ("ab_tests", i, key),
-                    )
         parts: list[tuple[str, Any]] = [("ranking", RankingWeights), ("scaling", ScalingPolicy)]
         built: dict[str, Any] = {}
         for key, cls in [*parts, ("health", HealthPolicy)]:
@@ -569,14 +572,6 @@ class _Builder:
 
     def router(self, encoder: Encoder, names: Sequence[str]) -> Router:
         r = self.spec.router
-        routed = sum(e.routed for e in self.spec.experts)
-        if r.top_k > routed:
-            raise self.error(f"top_k is {r.top_k} but there are only {routed} experts", ("router", "top_k"))
-        if r.fallback_expert is not None and r.fallback_expert not in names:
-            raise self.error(
-                f"fallback_expert {r.fallback_expert!r} is not an expert; experts: {list(names)}",
-                ("router", "fallback_expert"),
-            )
         for i, rule in enumerate(r.rules):
             unknown = [e for e in rule.experts if e not in names]
             if unknown:
@@ -749,7 +744,7 @@ class _Builder:
             message = exc.message if isinstance(exc, ConfigError) else str(exc)
             raise self.error(f"cannot build expert {spec.name!r}: {message}", loc) from exc
 
-    def aggregator(self, names: Sequence[str]) -> Aggregator:
+    def aggregator(self) -> Aggregator:
         agg = self.spec.aggregation
         try:
             cls = self.registry.aggregators.get(agg.strategy)
@@ -757,11 +752,6 @@ class _Builder:
             raise self.error(exc.message, ("aggregation", "strategy")) from None
         kwargs = dict(agg.options)
         if agg.synthesis_expert is not None:
-            if agg.synthesis_expert not in names:
-                raise self.error(
-                    f"synthesis_expert {agg.synthesis_expert!r} is not an expert; experts: {list(names)}",
-                    ("aggregation", "synthesis_expert"),
-                )
             if "synthesis_expert" not in inspect.signature(cls).parameters:
                 raise self.error(
                     f"strategy {agg.strategy!r} takes no synthesis_expert",
@@ -781,6 +771,13 @@ class _Builder:
         except (TypeError, ValueError, ConfigError) as exc:
             message = exc.message if isinstance(exc, ConfigError) else str(exc)
             raise self.error(f"cannot build strategy {agg.strategy!r}: {message}", ("aggregation",)) from exc
+
+
+def _loc(key: str | None) -> Loc:
+    """The key path of a dotted key (``ab_tests.0.control``)."""
+    if not key:
+        return ()
+    return tuple(int(part) if part.isdigit() else part for part in key.split("."))
 
 
 def _relative(value: str, base: Path) -> str:

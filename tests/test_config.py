@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import moe_agents
-from moe_agents import ConfigError, GateConfig, LiteLLMBackend, Pipeline, TransformersBackend, load_pipeline
+from moe_agents import ConfigError, GateConfig, LiteLLMBackend, TransformersBackend, load_pipeline
 from moe_agents.config import default_config_path, read_config
 from moe_agents.experts import CodingExpert, KnowledgeExpert
 from moe_agents.testing import FunctionBackend
@@ -94,7 +94,7 @@ class TestBuild:
     def test_injected_backends_replace_named_ones(self, tmp_path: Path) -> None:
         """A backend passed in code replaces the YAML backend of the same name."""
         fake = FunctionBackend(lambda m: "hi")
-        pipeline = Pipeline.from_yaml(write(tmp_path, BASE), backends={"main": fake})
+        pipeline = load_pipeline(write(tmp_path, BASE), backends={"main": fake})
         assert pipeline.backends == [fake]
 
     def test_env_default_and_value(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,7 +151,7 @@ class TestBuild:
         assert router.gate is gate or (router.gate is not None and router.gate.experts == ("x", "y"))
 
     def test_load_pipeline_is_exported(self) -> None:
-        """moe_agents.load_pipeline is the same as Pipeline.from_yaml."""
+        """moe_agents.load_pipeline is the loader of moe_agents.config."""
         assert moe_agents.load_pipeline is load_pipeline
 
 

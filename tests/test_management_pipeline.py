@@ -106,7 +106,7 @@ async def test_busy_good_experts_scale_up_and_poor_ones_are_disabled() -> None:
     coder.stats.current_load = 0
     assert ("scale.up", "coding") in events
     assert p.manager.instances["coding"] >= 2
-    assert p._limiters["coding"].total_tokens == coder.max_load * p.manager.instances["coding"]
+    assert p.roster.lineup()["coding"].limiter.total_tokens == coder.max_load * p.manager.instances["coding"]
     assert "talk" in p.disabled and ("expert.disabled", "talk") in events
 
 

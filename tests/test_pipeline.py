@@ -189,7 +189,6 @@ class TestRun:
 
         pipeline = make(coding=FunctionBackend(tracked, name="coding"))
         pipeline.experts["coding"].max_load = 2
-        pipeline._limiters["coding"] = anyio.CapacityLimiter(2)
         async with anyio.create_task_group() as tg:
             for _ in range(6):
                 tg.start_soon(pipeline.run, "python function bug")

@@ -56,6 +56,13 @@ class Aggregator(ABC):
     name: ClassVar[str]
     fan_out: ClassVar[bool] = True
 
+    @property
+    def referenced_experts(self) -> Mapping[str, str]:
+        """The experts this aggregator calls by name, by the option that names each
+        (``{"synthesis_expert": "writer"}``): the pipeline checks they exist and keeps them from
+        being removed. None by default."""
+        return {}
+
     @abstractmethod
     async def aggregate(self, job: Aggregation) -> Answer:
         """Returns the merged answer; raises ``RunError`` only if no answer can be produced."""

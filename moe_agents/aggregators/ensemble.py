@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
 from ..types import Answer
@@ -29,6 +30,11 @@ class EnsembleAggregator(Aggregator):
 
     def __init__(self, synthesis_expert: str | None = None) -> None:
         self.synthesis_expert = synthesis_expert
+
+    @property
+    def referenced_experts(self) -> Mapping[str, str]:
+        """``{"synthesis_expert": name}`` when a synthesis expert is set."""
+        return {} if self.synthesis_expert is None else {"synthesis_expert": self.synthesis_expert}
 
     async def aggregate(self, job: Aggregation) -> Answer:
         quoted = "\n\n".join(

@@ -5,7 +5,8 @@ routing and swaps them in for their share of their control's traffic; takes unhe
 of routing until a probe succeeds again; and, every ``interval_s``, turns each expert's load and
 success rate into scaling decisions (an expert's instances multiply its ``max_load`` slots) and
 disables experts that stay below the performance threshold. Every decision is an event on the
-pipeline's bus.
+pipeline's bus. It works on the pipeline's roster (``moe_agents.core.roster``), and observes the
+pipeline's feedback for its A/B tests.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import anyio
 from ..backends.base import GenerationSettings
 from ..errors import check_settings
 from ..logging import get_logger
-from ..types import ExpertScore, Selection
+from ..types import ExpertScore, Query, Result, Selection
 from .ab import ABTest, ABTracker
 from .events import EventBus
 from .health import HealthMonitor, HealthPolicy
@@ -27,8 +28,7 @@ from .ranking import RankingWeights
 from .scaling import AutoScaler, Observation, ScalingPolicy
 
 if TYPE_CHECKING:
-    from ..experts.base import Expert
-    from ..pipeline import Pipeline
+    from ..core.roster import Roster
 
 __all__ = ["ManagementConfig", "Manager"]
 
@@ -63,11 +63,18 @@ class ManagementConfig:
 
 
 class Manager:
-    """Runs a ``ManagementConfig`` for one pipeline (see the module docstring)."""
+    """Runs a ``ManagementConfig`` on a pipeline's roster (see the module docstring); routing
+    consults ``excluded`` through the roster.
 
-    def __init__(self, config: ManagementConfig, pipeline: Pipeline, bus: EventBus) -> None:
+    Args:
+        config: what to run.
+        roster: the pipeline's experts.
+        bus: where decisions are published.
+    """
+
+    def __init__(self, config: ManagementConfig, roster: Roster, bus: EventBus) -> None:
         self.config = config
-        self.pipeline = pipeline
+        self.roster = roster
         self.bus = bus
         self.ab = ABTracker(config.ab_tests)
         self.health = (
@@ -75,7 +82,12 @@ class Manager:
         )
         active = config.auto_scale or config.remove_underperforming
         self.scaler = AutoScaler(config.scaling) if active else None
-        self.instances: dict[str, int] = {}
+        roster.add_exclusion(self.excluded)
+
+    @property
+    def instances(self) -> Mapping[str, int]:
+        """Instances per scaled expert (1 when absent)."""
+        return self.roster.instances
 
     @property
     def treatments(self) -> frozenset[str]:
@@ -86,7 +98,7 @@ class Manager:
         """Experts routing must not choose now, with the reason shown in ``Selection.scores``."""
         out = {t.treatment: f"A/B treatment of {t.control!r} (test {t.name!r})" for t in self.config.ab_tests}
         if self.health is not None:
-            for name in self.pipeline.experts:
+            for name in self.roster.experts:
                 if not self.health.healthy(name):
                     out[name] = "unhealthy: failed its health checks"
         return out
@@ -116,7 +128,17 @@ class Manager:
         for test, variant in assigned.items():
             self.ab.record(test, variant, score)
 
+    async def on_result(self, query: Query, result: Result) -> None:
+        """Nothing: A/B tests learn from feedback only."""
+
+    async def on_feedback(self, result: Result, score: float) -> None:
+        """Feedback on a result served under A/B assignments counts for their variants."""
+        assigned = result.metadata.get("ab")
+        if isinstance(assigned, Mapping):
+            self.record(assigned, score)
+
     def note_call(self, name: str, ok: bool) -> None:
+        """The outcome of one expert call (it counts towards the expert's health)."""
         if self.health is not None:
             self.health.note_call(name, ok)
 
@@ -125,7 +147,7 @@ class Manager:
         async with anyio.create_task_group() as tg:
             if self.health is not None:
                 tg.start_soon(
-                    self.health.run, lambda: [n for n, e in self.pipeline.experts.items() if e.backends]
+                    self.health.run, lambda: [n for n, e in self.roster.experts.items() if e.backends]
                 )
             if self.scaler is not None:
                 tg.start_soon(self._scale_forever)
@@ -139,7 +161,7 @@ class Manager:
         """One round: an observation per expert, and the decisions acted on."""
         if self.scaler is None:
             return
-        for name, expert in list(self.pipeline.experts.items()):
+        for name, expert in list(self.roster.experts.items()):
             n = self.instances.get(name, 1)
             obs = Observation(name, expert.current_load / (expert.max_load * n), expert.success_rate, n)
             decision = self.scaler.observe(obs)
@@ -147,24 +169,18 @@ class Manager:
                 continue
             if decision.action == "disable":
                 if self.config.remove_underperforming:
-                    self.pipeline.disable(name, reason=decision.reason)
+                    self.roster.disable(name, reason=decision.reason)
                 continue
             if not self.config.auto_scale:
                 continue
-            self.instances[name] = decision.instances
-            self._resize(name, expert, decision.instances)
+            self.roster.scale(name, decision.instances)
             self.bus.publish(
                 decision.event_kind, expert=name, reason=decision.reason, instances=decision.instances
             )
 
-    def _resize(self, name: str, expert: Expert, instances: int) -> None:
-        limiter = self.pipeline._limiters.get(name)
-        if limiter is not None:
-            limiter.total_tokens = expert.max_load * instances
-
     async def _probe(self, name: str) -> bool:
         """A one-token completion through the expert's first backend."""
-        expert = self.pipeline.experts.get(name)
+        expert = self.roster.experts.get(name)
         if expert is None or not expert.backends:
             return True
         backend = expert.backends[0]
