@@ -664,12 +664,14 @@ class _Builder:
         if key not in self.by_spec:  # identical specs share one backend (one model load)
             try:
                 built = kind.build(spec)
-                if self.residency is not None and kind_name == "transformers":
-                    built = ResidentBackend(built, self.residency)  # loaded on demand, within the budget
+                residency = self.residency if kind_name == "transformers" else None
+                if residency is not None:
+                    built = ResidentBackend(built, residency)  # loaded on demand, within the budget
                 self.by_spec[key] = GuardedBackend(
                     built,
                     retry=RetryPolicy(**guard_spec.retry.model_dump()),
                     breaker=BreakerPolicy(**guard_spec.circuit.model_dump()),
+                    residency=residency,
                 )
             except (TypeError, ValueError, ConfigError) as exc:
                 message = exc.message if isinstance(exc, ConfigError) else str(exc)

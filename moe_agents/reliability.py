@@ -9,18 +9,20 @@
   with ``BackendUnavailable`` until ``cooldown_s`` has passed; then one trial call is let through
   (half-open) and its outcome closes or re-opens the breaker.
 
-``LLMExpert`` guards its backends with the default policies (one guard per backend object, so
-experts sharing a backend share its breaker); YAML sets the policies per backend with ``retry:``
-and ``circuit:``.
+A guard is a plain value an expert holds: ``LLMExpert`` puts each backend it is given behind a new
+guard with the default policies, unless it is a ``GuardedBackend`` already; experts that should
+share a breaker share one guard (the YAML builder gives every expert naming a backend the same
+guard, with the policies of its ``retry:`` and ``circuit:``). A backend that retries on its own
+(``SelfRetrying``, e.g. ``LiteLLMBackend``'s ``num_retries``) has that turned off behind a guard, so
+a call is tried at most ``RetryPolicy.attempts`` times.
 """
 
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
@@ -29,7 +31,10 @@ from .errors import BackendError, BackendUnavailable, check_settings
 from .logging import get_logger
 from .types import Message
 
-__all__ = ["BreakerPolicy", "CircuitBreaker", "GuardedBackend", "RetryPolicy", "guard"]
+if TYPE_CHECKING:
+    from .residency import Residency
+
+__all__ = ["BreakerPolicy", "CircuitBreaker", "GuardedBackend", "RetryPolicy", "SelfRetrying"]
 
 log = get_logger(__name__)
 
@@ -129,17 +134,34 @@ class CircuitBreaker:
             self.opened_at = self.clock()
         self._trial = False
 
+    def cancelled(self) -> None:
+        """A call was cancelled: no verdict on the backend (a half-open trial may run again)."""
+        self._trial = False
+
+
+@runtime_checkable
+class SelfRetrying(Protocol):
+    """A backend that can retry failed calls itself (``LiteLLMBackend``'s ``num_retries``)."""
+
+    def without_retries(self) -> Backend:
+        """The same backend trying each call once (itself, when it does already)."""
+        ...
+
 
 class GuardedBackend:
     """A backend with retries and a circuit breaker in front (see the module docstring).
 
-    Attributes of the wrapped backend that this class does not define (``nbytes``, ``residency``,
-    ...) are read through.
+    It is a ``Backend`` (``name``, ``modalities``, ``complete``, ``load``, ``unload``) and tells
+    whether a call may go through now (``available``, ``recovers_at``); the backend it guards is
+    ``inner`` (without its own retries, when it is ``SelfRetrying``).
 
     Args:
         inner: the backend.
         retry: retry policy (``RetryPolicy(attempts=1)``: no retries).
         breaker: circuit-breaker policy.
+        residency: the ``Residency`` that loads ``inner``'s model (it wraps it in a
+            ``ResidentBackend``), if any: an expert chooses among backends under one residency
+            by the permission function.
         clock: seconds for the breaker (``time.monotonic``).
     """
 
@@ -149,18 +171,25 @@ class GuardedBackend:
         *,
         retry: RetryPolicy | None = None,
         breaker: BreakerPolicy | None = None,
+        residency: Residency | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.inner = inner
+        self.inner = inner.without_retries() if isinstance(inner, SelfRetrying) else inner
         self.name = inner.name
         self.modalities = inner.modalities
         self.retry = retry or RetryPolicy()
         self.breaker = CircuitBreaker(breaker, clock=clock)
+        self.residency = residency
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":  # not set yet (during unpickling or a failed __init__)
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    def rewrapped(self, inner: Backend) -> GuardedBackend:
+        """A guard with these policies and residency, and a fresh breaker, around ``inner``."""
+        return GuardedBackend(
+            inner,
+            retry=self.retry,
+            breaker=self.breaker.policy,
+            residency=self.residency,
+            clock=self.breaker.clock,
+        )
 
     @property
     def available(self) -> bool:
@@ -224,8 +253,8 @@ class GuardedBackend:
                 self.breaker.failure()
                 if self.breaker.state != "closed":
                     log.warning("backend.circuit_open", backend=self.name, failures=self.breaker.failures)
-            else:  # cancelled: no verdict on the backend
-                self.breaker._trial = False
+            else:
+                self.breaker.cancelled()
             raise
         self.breaker.success()
         return completion
@@ -238,20 +267,3 @@ class GuardedBackend:
 
     def __repr__(self) -> str:
         return f"GuardedBackend({self.inner!r})"
-
-
-_GUARDS: weakref.WeakKeyDictionary[Any, GuardedBackend] = weakref.WeakKeyDictionary()
-
-
-def guard(backend: Backend) -> Backend:
-    """``backend`` behind retries and a circuit breaker with the default policies; a backend that
-    is guarded already is returned as is, and one backend object always gets the same guard."""
-    if isinstance(backend, GuardedBackend):
-        return backend
-    try:
-        found = _GUARDS.get(backend)
-    except TypeError:  # not weak-referenceable: guard it without sharing
-        return GuardedBackend(backend)
-    if found is None:
-        found = _GUARDS[backend] = GuardedBackend(backend)
-    return found

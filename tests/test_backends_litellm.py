@@ -298,6 +298,31 @@ class TestLiteLLMBackendErrors:
         assert "refused" in str(refused.value)
 
 
+class TestBehindAGuard:
+    async def test_a_failing_call_is_tried_at_most_attempts_times(self, fake_openai: FakeOpenAI) -> None:
+        """Behind a retrying guard litellm does not retry too: a call that keeps failing reaches the
+        provider exactly `attempts` times, whatever `num_retries` says."""
+        from moe_agents.reliability import GuardedBackend, RetryPolicy
+
+        backend = LiteLLMBackend("openai/served-model", api_base=fake_openai.url, api_key=KEY, num_retries=2)
+        guarded = GuardedBackend(
+            backend, retry=RetryPolicy(attempts=3, initial_s=0.0, max_s=0.0, jitter_s=0.0)
+        )
+        before = len(fake_openai.requests)
+        with pytest.raises(BackendError) as info:
+            await guarded.complete([{"role": "user", "content": "status:503"}])
+        assert info.value.retryable is True
+        assert len(fake_openai.requests) - before == 3
+        assert (backend.num_retries, guarded.inner.num_retries) == (2, 0)  # type: ignore[attr-defined]
+
+    def test_a_backend_without_retries_is_guarded_as_it_is(self) -> None:
+        """A backend that does not retry is the guard's inner backend itself."""
+        from moe_agents.reliability import GuardedBackend
+
+        backend = LiteLLMBackend("gpt-4o-mini")
+        assert backend.num_retries == 0 and GuardedBackend(backend).inner is backend
+
+
 class TestBackendsImport:
     def test_import_is_lazy(self) -> None:
         """Importing moe_agents.backends imports neither litellm, torch nor transformers."""

@@ -31,7 +31,7 @@ from moe_agents.backends.base import ChunkCallback, Completion, GenerationSettin
 from moe_agents.errors import BackendError, BackendUnavailable, DeadlineExceeded, Overloaded, RunError
 from moe_agents.experts.base import Signal
 from moe_agents.inputs import InputLimits
-from moe_agents.reliability import BreakerPolicy, CircuitBreaker, GuardedBackend, RetryPolicy, guard
+from moe_agents.reliability import BreakerPolicy, CircuitBreaker, GuardedBackend, RetryPolicy
 from moe_agents.testing import FunctionBackend, HashingEncoder
 from moe_agents.types import Message
 
@@ -169,11 +169,25 @@ class TestCircuitBreaker:
             await guarded.complete([{"role": "user", "content": "x"}])
         assert calls["n"] == 2 and info.value.recovers_at == pytest.approx(1005.0)
 
-    def test_one_guard_per_backend_object(self) -> None:
+    def test_experts_given_one_guard_share_it(self) -> None:
+        """Experts given the same guard share it (and its breaker); a bare backend gets a guard of its own."""
         backend = FunctionBackend(echo("x"))
-        assert guard(backend) is guard(backend)
-        assert guard(guard(backend)) is guard(backend)
-        assert Coder(backends=[backend]).backends[0] is Helper(backends=[backend]).backends[0]
+        shared = GuardedBackend(backend)
+        assert Coder(backends=[shared]).backends[0] is Helper(backends=[shared]).backends[0] is shared
+        own = Coder(backends=[backend]).backends[0]
+        assert isinstance(own, GuardedBackend) and own.inner is backend and own is not shared
+
+    def test_the_guard_is_a_backend_and_nothing_more(self) -> None:
+        """A guard exposes the Backend protocol and its availability, not the guarded backend's attributes."""
+        backend = FunctionBackend(echo("x"), name="b")
+        guarded = GuardedBackend(backend)
+        assert (guarded.name, guarded.modalities, guarded.available, guarded.residency) == (
+            "b",
+            backend.modalities,
+            True,
+            None,
+        )
+        assert hasattr(backend, "loaded") and not hasattr(guarded, "loaded")
 
     async def test_cooling_expert_is_skipped_with_a_reason(self) -> None:
         bad = GuardedBackend(

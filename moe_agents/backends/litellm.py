@@ -7,6 +7,7 @@ translated here, once, into ``BackendError`` / ``BackendTimeout``.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType, ModuleType
@@ -77,7 +78,9 @@ class LiteLLMBackend:
         temperature: default sampling temperature (``GenerationSettings`` override it per call).
         max_tokens: default cap on generated tokens.
         timeout_s: seconds litellm waits for a reply before raising ``BackendTimeout``.
-        num_retries: how many times litellm itself retries a failed call.
+        num_retries: how many times litellm itself retries a failed call (for calls made directly;
+            behind a ``GuardedBackend``, as every expert's backends are, the guard's
+            ``RetryPolicy`` retries and this is 0: see ``without_retries``).
         modalities: attachment kinds the model accepts besides text (``("image",)``).
         params: further keyword arguments for ``litellm.acompletion`` (``{"mock_response": "hi"}``);
             keys this class sets itself are refused.
@@ -96,7 +99,7 @@ class LiteLLMBackend:
         temperature: float | None = None,
         max_tokens: int | None = None,
         timeout_s: float | None = None,
-        num_retries: int = 2,
+        num_retries: int = 0,
         modalities: Sequence[str] = (),
         params: Mapping[str, Any] | None = None,
     ) -> None:
@@ -125,6 +128,15 @@ class LiteLLMBackend:
 
     def __repr__(self) -> str:
         return f"LiteLLMBackend(model={self.model!r})"
+
+    def without_retries(self) -> LiteLLMBackend:
+        """This backend with ``num_retries=0`` (itself when it is already): a retrying guard in
+        front of it would otherwise multiply its tries by litellm's."""
+        if self.num_retries == 0:
+            return self
+        twin = copy.copy(self)
+        twin.num_retries = 0
+        return twin
 
     async def load(self) -> None:
         """Nothing to load: litellm opens connections per call."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..backends.base import Backend, ChunkCallback, Completion, GenerationSettings
 from ..errors import BackendError, ConfigError
-from ..reliability import guard
+from ..reliability import GuardedBackend
 from ..types import Answer, Message, Query
 
 __all__ = ["Expert", "ExpertCapability", "ExpertStats", "LLMExpert", "Scorer", "Signal"]
@@ -165,15 +165,8 @@ class Expert(ABC):
 
     def recovers_at(self) -> float | None:
         """``None`` when the expert can take calls now; else the ``time.monotonic()`` time at which
-        its first backend leaves its cooldown (every backend's circuit breaker is open)."""
-        if not self.backends:
-            return None
-        times = []
-        for backend in self.backends:
-            if getattr(backend, "available", True):
-                return None
-            times.append(float(getattr(backend, "recovers_at", 0.0)))
-        return min(times)
+        it can again (``LLMExpert``: when the first of its backends leaves its cooldown)."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -204,8 +197,9 @@ class LLMExpert(Expert):
     Args:
         name: defaults to the kind (``coding``, ...).
         backends: the models it may call; each call goes to the least loaded one that accepts
-            the query's attachments. Each is guarded by retries and a circuit breaker
-            (``moe_agents.reliability.guard``) unless it is a ``GuardedBackend`` already.
+            the query's attachments. Each is put behind its own ``GuardedBackend`` (retries and a
+            circuit breaker with the default policies) unless it is one already; experts that
+            should share a breaker are given the same ``GuardedBackend``.
         system_prompt: replaces the kind's default prompt.
         exemplars: replace the kind's default exemplars (used by the router's gate).
         max_load: most concurrent calls.
@@ -249,7 +243,7 @@ class LLMExpert(Expert):
         self.price = float(price)
         self.scorer = scorer
         self.context_tokens = context_tokens
-        self._backends = tuple(guard(b) for b in backends)
+        self._backends = tuple(b if isinstance(b, GuardedBackend) else GuardedBackend(b) for b in backends)
         self.system_prompt = system_prompt or self.default_system_prompt
         self.exemplars = tuple(exemplars) if exemplars is not None else self.default_exemplars
         self.max_load = max_load
@@ -263,8 +257,16 @@ class LLMExpert(Expert):
         self._in_flight: dict[int, int] = {}
 
     @property
-    def backends(self) -> Sequence[Backend]:
+    def backends(self) -> Sequence[GuardedBackend]:
+        """The guarded backends this expert calls."""
         return self._backends
+
+    def recovers_at(self) -> float | None:
+        """``None`` when a backend can take a call now; else when the first leaves its cooldown
+        (every backend's circuit breaker is open)."""
+        if not self._backends or any(b.available for b in self._backends):
+            return None
+        return min(b.recovers_at for b in self._backends)
 
     async def can_handle(self, query: Query) -> float:
         """Base confidence plus the weight of every matching signal, clipped to [0, 1]."""
@@ -300,13 +302,14 @@ class LLMExpert(Expert):
             metadata=self.answer_metadata(text),
         )
 
-    def choose_backend(self, query: Query) -> Backend:
+    def choose_backend(self, query: Query) -> GuardedBackend:
         """The backend for ``query``: among those that accept its attachments (and are not cooling
-        down, while any is not), the best by the permission function when a ``Residency`` manages
-        them (resident models need no swap and get the hysteresis bonus), else the least loaded."""
+        down, while any is not), the best by the permission function when one ``Residency``
+        manages them all (resident models need no swap and get the hysteresis bonus), else the
+        least loaded."""
         needed = query.modalities - {"file"}
         fit = [b for b in self._backends if needed <= b.modalities]
-        fit = [b for b in fit if getattr(b, "available", True)] or fit
+        fit = [b for b in fit if b.available] or fit
         if not fit:
             what = (
                 "no backend configured"
@@ -314,12 +317,8 @@ class LLMExpert(Expert):
                 else (f"no backend accepts {sorted(needed)} (backends: {[b.name for b in self._backends]})")
             )
             raise BackendError(f"expert {self.name!r}: {what}", expert=self.name)
-        residency = getattr(fit[0], "residency", None)
-        if (
-            len(fit) > 1
-            and residency is not None
-            and all(getattr(b, "residency", None) is residency for b in fit)
-        ):
+        residency = fit[0].residency
+        if len(fit) > 1 and residency is not None and all(b.residency is residency for b in fit):
             best = residency.choose([b.name for b in fit], np.ones(len(fit)))
             return next(b for b in fit if b.name == best)
         return min(fit, key=lambda b: self._in_flight.get(id(b), 0))

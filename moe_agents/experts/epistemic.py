@@ -259,11 +259,7 @@ def _adapted(backend: Backend, adapter: str) -> Backend | None:
     the original; ``None`` unless it is a ``TransformersBackend`` without an adapter of its own."""
     if isinstance(backend, GuardedBackend):
         inner = _adapted(backend.inner, adapter)
-        if inner is None:
-            return None
-        return GuardedBackend(
-            inner, retry=backend.retry, breaker=backend.breaker.policy, clock=backend.breaker.clock
-        )
+        return None if inner is None else backend.rewrapped(inner)
     if isinstance(backend, ResidentBackend):
         inner = _adapted(backend.inner, adapter)
         return None if inner is None else ResidentBackend(inner, backend.residency)

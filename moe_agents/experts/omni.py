@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 
 import anyio.to_thread
 
-from ..backends.base import Backend
 from ..errors import BackendError, RunError
+from ..reliability import GuardedBackend
 from ..types import Attachment, Message, Query
 from .base import LLMExpert, Signal
 from .knowledge import quote
@@ -125,7 +125,7 @@ class OmniExpert(LLMExpert):
             return 1.0
         return await super().can_handle(query)
 
-    def choose_backend(self, query: Query) -> Backend:
+    def choose_backend(self, query: Query) -> GuardedBackend:
         """The least loaded backend that accepts the query's attachments.
 
         Raises:
