@@ -567,7 +567,7 @@ class TestWav:
         """16-bit WAV becomes a float32 array in [-1, 1] at the processor's rate."""
         import numpy as np
 
-        from moe_agents.backends.transformers import _wav
+        from moe_agents.backends.transformers.media import _wav
 
         samples = _wav(wav(0.1, rate), target)
         assert samples.dtype == np.float32
@@ -579,7 +579,7 @@ class TestWav:
         """Stereo PCM of any width is mixed to mono and scaled so full scale is ±1."""
         import numpy as np
 
-        from moe_agents.backends.transformers import _wav
+        from moe_agents.backends.transformers.media import _wav
 
         half = 2 ** (8 * width - 1)
         values = [-half, -half // 2, 0, half // 2] if width > 1 else [0, 64, 128, 192]  # 8-bit is unsigned

@@ -23,7 +23,8 @@ from test_backends_local import wav
 from tiny_models import bundled_tokenizer, decoder_sizes
 
 from moe_agents.backends import TransformersBackend
-from moe_agents.backends.transformers import _text_model, _wav
+from moe_agents.backends.transformers.loading import _text_model
+from moe_agents.backends.transformers.media import _wav
 from moe_agents.errors import ConfigError
 from moe_agents.token_router import ExpertCache, TokenPolicy, offload_experts, patch
 from moe_agents.token_router.router import TokenRouterMixin

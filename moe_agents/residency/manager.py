@@ -28,150 +28,23 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 import anyio
 import numpy as np
 
-from .backends.base import Backend, ChunkCallback, Completion, GenerationSettings
-from .errors import ConfigError, RunError, check_settings
-from .logging import get_logger
-from .routing.permission import permission
-from .types import Message
+from ..errors import ConfigError, RunError
+from ..logging import get_logger
+from ..routing.permission import permission
+from .config import ResidencyConfig
+from .metrics import ResidencyMetrics
+from .model import Model, nbytes_of
 
-__all__ = [
-    "BLOCKED_COST_S",
-    "GB",
-    "Model",
-    "Residency",
-    "ResidencyConfig",
-    "ResidencyMetrics",
-    "ResidentBackend",
-]
+__all__ = ["BLOCKED_COST_S", "Residency"]
 
 log = get_logger(__name__)
 
-GB = 1_000_000_000
-"""One gigabyte (10⁹ bytes): ``ResidencyConfig(budget_bytes=16 * GB)``."""
-
 BLOCKED_COST_S = 1e6
 """The cost in seconds of a non-resident model once the swap budget is spent."""
-
-
-class Model(Protocol):
-    """What a ``Residency`` manages; ``TransformersBackend`` and ``FunctionBackend`` fit it.
-
-    A model may also have ``nbytes`` (its size in bytes once loaded, 0 while unknown) and ``loaded``
-    (whether it is in memory now); both are read when present.
-    """
-
-    name: str
-
-    async def load(self) -> None:
-        """Brings the weights into memory; idempotent."""
-        ...
-
-    async def unload(self) -> None:
-        """Releases the memory ``load`` took; idempotent."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class ResidencyConfig:
-    """Budget and costs of a ``Residency``.
-
-    Attributes:
-        budget_bytes: most bytes of models resident at once.
-        hysteresis: the persistence bonus of a resident model (the seed: +20 %).
-        bandwidth_bytes_per_s: the load bandwidth assumed until a real load is measured.
-        swap_cost_weight: cost per second of loading in ``permission`` (1: the seed's formula, cost =
-            seconds). A load serves the queries that follow it, so ``1 / (queries per load)``
-            amortises it; the residency benchmark sweeps this.
-        swap_budget_s: most seconds of loading per window; ``None``: no limit.
-        swap_window_s: the sliding window the swap budget applies to, in seconds.
-        wait_s: how long ``use`` waits for a pinned model to be released before it gives up;
-            ``None`` waits for ever.
-    """
-
-    budget_bytes: int
-    hysteresis: float = 0.2
-    bandwidth_bytes_per_s: float = 1e9
-    swap_cost_weight: float = 1.0
-    swap_budget_s: float | None = None
-    swap_window_s: float = 60.0
-    wait_s: float | None = 60.0
-
-    def __post_init__(self) -> None:
-        checks = {
-            "budget_bytes": self.budget_bytes > 0,
-            "hysteresis": self.hysteresis >= 0.0,
-            "bandwidth_bytes_per_s": self.bandwidth_bytes_per_s > 0.0,
-            "swap_cost_weight": self.swap_cost_weight >= 0.0,
-            "swap_budget_s": self.swap_budget_s is None or self.swap_budget_s >= 0.0,
-            "swap_window_s": self.swap_window_s > 0.0,
-            "wait_s": self.wait_s is None or self.wait_s > 0.0,
-        }
-        check_settings("residency", self, checks)
-
-
-@dataclass(slots=True)
-class ResidencyMetrics:
-    """Counters of a ``Residency``.
-
-    Attributes:
-        selections: ``use`` calls.
-        hits: ``use`` calls that found the model resident.
-        misses: ``use`` calls that did not (``swaps`` can be lower: a concurrent call may have
-            loaded it meanwhile).
-        swaps: loads performed.
-        evictions: models unloaded to make room.
-        bytes_loaded: bytes of every load.
-        load_s: seconds spent loading (simulated: ``bytes / bandwidth``).
-        compared: ``note_selection`` calls.
-        quality_costs: of those, the ones where the chosen model was not the most trusted.
-    """
-
-    selections: int = 0
-    hits: int = 0
-    misses: int = 0
-    swaps: int = 0
-    evictions: int = 0
-    bytes_loaded: int = 0
-    load_s: float = 0.0
-    compared: int = 0
-    quality_costs: int = 0
-
-    @property
-    def hit_rate(self) -> float:
-        """Share of ``use`` calls that found the model resident (0 before any)."""
-        return self.hits / self.selections if self.selections else 0.0
-
-    @property
-    def swaps_per_selection(self) -> float:
-        """Loads per ``use`` call (0 before any)."""
-        return self.swaps / self.selections if self.selections else 0.0
-
-    @property
-    def quality_cost_rate(self) -> float:
-        """Share of noted selections where a less trusted model was chosen (0 before any)."""
-        return self.quality_costs / self.compared if self.compared else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """The counters and rates, JSON-ready."""
-        return {
-            "selections": self.selections,
-            "hits": self.hits,
-            "misses": self.misses,
-            "swaps": self.swaps,
-            "evictions": self.evictions,
-            "bytes_loaded": self.bytes_loaded,
-            "load_s": self.load_s,
-            "compared": self.compared,
-            "quality_costs": self.quality_costs,
-            "hit_rate": self.hit_rate,
-            "swaps_per_selection": self.swaps_per_selection,
-            "quality_cost_rate": self.quality_cost_rate,
-        }
 
 
 @dataclass(slots=True)
@@ -232,7 +105,7 @@ class Residency:
             return
         if name in self._entries:
             raise ConfigError(f"residency: model {name!r} is registered twice")
-        size = size_bytes if size_bytes is not None else _nbytes(model)
+        size = size_bytes if size_bytes is not None else nbytes_of(model)
         if not size or size <= 0:
             raise ConfigError(f"residency: size of model {name!r} is unknown; pass size_bytes")
         if size > self.config.budget_bytes:
@@ -412,7 +285,7 @@ class Residency:
             started = self._clock()
             await model.load()
             seconds = self._clock() - started
-            measured = _nbytes(model)
+            measured = nbytes_of(model)
             if measured and measured != entry.size:
                 if measured > self.config.budget_bytes:
                     raise ConfigError(
@@ -484,57 +357,3 @@ class Residency:
             return self._entries[name]
         except KeyError:
             raise ConfigError(f"residency: unknown model {name!r}; known: {sorted(self._entries)}") from None
-
-
-def _nbytes(model: Model) -> int:
-    value = getattr(model, "nbytes", None)
-    return int(value) if isinstance(value, int | np.integer) else 0
-
-
-class ResidentBackend:
-    """A backend whose model a ``Residency`` manages: loaded on first use within the budget, pinned
-    while it generates, evictable between calls.
-
-    ``load`` does nothing (loading is on demand); ``unload`` releases the model for good. Experts
-    with several resident backends choose among them with ``Residency.choose``.
-
-    Args:
-        inner: the real backend (e.g. a ``TransformersBackend``).
-        residency: the residency it is registered with (``register`` is called here).
-        size_bytes: its size before the first load (default: its ``nbytes``, else its weight files
-            on disk).
-    """
-
-    def __init__(self, inner: Backend, residency: Residency, *, size_bytes: int | None = None) -> None:
-        self.inner = inner
-        self.residency = residency
-        self.name = inner.name
-        self.modalities = inner.modalities
-        if size_bytes is None:
-            size_bytes = _nbytes(inner) or _disk_bytes(inner)
-        residency.register(inner, size_bytes=size_bytes)
-
-    async def complete(
-        self,
-        messages: Sequence[Message],
-        /,
-        *,
-        settings: GenerationSettings | None = None,
-        on_chunk: ChunkCallback | None = None,
-    ) -> Completion:
-        async with self.residency.use(self.name):
-            return await self.inner.complete(messages, settings=settings, on_chunk=on_chunk)
-
-    async def load(self) -> None:
-        """Nothing: the model loads when first used."""
-
-    async def unload(self) -> None:
-        await self.residency.evict(self.name)
-
-    def __repr__(self) -> str:
-        return f"ResidentBackend({self.inner!r})"
-
-
-def _disk_bytes(model: object) -> int:
-    disk = getattr(model, "disk_bytes", None)
-    return int(disk()) if callable(disk) else 0
