@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "OTHER",
     "RoutingScores",
+    "cost_frontier",
     "latency_summary",
     "plot_confusions",
     "render_confusion",
@@ -231,3 +232,17 @@ def render_confusion(scores: RoutingScores, *, title: str | None = None) -> Tabl
     for label, row in zip(scores.labels, scores.confusion, strict=True):
         table.add_row(label, *(str(int(v)) for v in row))
     return table
+
+
+def cost_frontier(
+    points: Sequence[Mapping[str, float]], strong: float, weak: float
+) -> list[tuple[float, float]]:
+    """(share, accuracy) points plus the two single-model ends, sorted by share; each point keeps the
+    best accuracy reached at that share or less (a router can always spend less)."""
+    pts = sorted({(0.0, weak), (1.0, strong), *((p["strong_share"], p["accuracy"]) for p in points)})
+    out: list[tuple[float, float]] = []
+    best = -1.0
+    for share, acc in pts:
+        best = max(best, acc)
+        out.append((share, best))
+    return out

@@ -47,8 +47,9 @@ from ..routing.permission import Candidates, SelectConfig, permission, select
 from ..routing.quality import SuccessModel
 from ..routing.trust import TrustStore
 from ..types import Answer, Query, Selection
-from .figures import agg_figure
-from .residency_trace import plot_residency, residency_trace
+from .metrics import cost_frontier
+from .recorded_plots import plot_recorded
+from .residency_trace import residency_trace
 
 __all__ = ["RecordedEvalConfig", "evaluate_recorded", "plot_recorded"]
 
@@ -263,25 +264,13 @@ def _ranking_apgr(gap: np.ndarray, correct: np.ndarray, steps: int = 40) -> floa
     return _apgr(points, float(correct[:, 0].mean()), float(correct[:, 1].mean()))
 
 
-def _frontier(points: Sequence[Mapping[str, float]], strong: float, weak: float) -> list[tuple[float, float]]:
-    """(share, accuracy) points plus the two single-model ends, sorted by share; each point keeps the
-    best accuracy reached at that share or less (a router can always spend less)."""
-    pts = sorted({(0.0, weak), (1.0, strong), *((p["strong_share"], p["accuracy"]) for p in points)})
-    out: list[tuple[float, float]] = []
-    best = -1.0
-    for share, acc in pts:
-        best = max(best, acc)
-        out.append((share, best))
-    return out
-
-
 def _apgr(points: Sequence[Mapping[str, float]], strong: float, weak: float) -> float | None:
     """Average performance gap recovered (RouteLLM): the area under (accuracy − weak)/(strong − weak)
     over the share of strong calls, between straight lines joining the measured points (``None``
     when the two models are equally accurate: there is no gap)."""
     if strong == weak:
         return None
-    pts = _frontier(points, strong, weak)
+    pts = cost_frontier(points, strong, weak)
     x = np.array([p[0] for p in pts])
     y = (np.array([p[1] for p in pts]) - weak) / (strong - weak)
     return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
@@ -291,7 +280,7 @@ def _share_for(
     points: Sequence[Mapping[str, float]], goal: float, strong: float, weak: float
 ) -> float | None:
     """The least share of strong calls at which the curve (linear between points) reaches ``goal``."""
-    pts = _frontier(points, strong, weak)
+    pts = cost_frontier(points, strong, weak)
     if pts[0][1] >= goal:
         return 0.0
     for (x0, y0), (x1, y1) in itertools.pairwise(pts):
@@ -496,45 +485,3 @@ def embedding_cache_dir() -> Path | None:
 
 
 # -- plots --------------------------------------------------------------------------------------------------
-
-
-def plot_recorded(report: Mapping[str, Any], out_dir: Path) -> list[Path]:
-    """Writes the PNG plots of a report: cost/quality curves, online accuracy, residency.
-
-    Raises:
-        ConfigError: matplotlib is not installed (``moe-agents[eval]``).
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
-    cq = report["cost_quality"]
-    fig = agg_figure(6 * len(cq), 4.5, layout="tight")
-    axes = fig.subplots(1, len(cq), squeeze=False)
-    for ax, (name, r) in zip(axes[0], cq.items(), strict=True):
-        for key, style in (("trust_router", "o-"), ("success_router", "^-"), ("router_without_trust", "s--")):
-            pts = _frontier(r[key], r["strong_accuracy"], r["weak_accuracy"])
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, ms=3, label=key.replace("_", " "))
-        ax.plot([0, 1], [r["weak_accuracy"], r["strong_accuracy"]], ":", color="grey", label="random mixing")
-        ax.scatter(
-            [r["oracle"]["strong_share"]], [r["oracle"]["accuracy"]], marker="*", s=120, label="oracle"
-        )
-        ax.axhline(0.95 * r["strong_accuracy"], color="red", lw=0.8, label="95 % of GPT-4")
-        ax.set(title=f"{name}: accuracy vs GPT-4 calls", xlabel="share of GPT-4 calls", ylabel="accuracy")
-        ax.legend(fontsize=8)
-    paths.append(out_dir / "cost_quality.png")
-    fig.savefig(paths[-1], dpi=120)
-
-    online = report["online"]
-    fig = agg_figure(6 * len(online), 8, layout="tight")
-    axes = fig.subplots(2, len(online), squeeze=False)
-    for col, (name, r) in enumerate(online.items()):
-        for policy, p in r["policies"].items():
-            axes[0][col].plot(r["checkpoints"], p["cumulative_accuracy"], label=policy)
-            axes[1][col].plot(r["checkpoints"], p["cumulative_usd"], label=policy)
-        axes[0][col].set(title=f"{name}: online cumulative accuracy", xlabel="questions", ylabel="accuracy")
-        axes[1][col].set(title=f"{name}: cumulative cost", xlabel="questions", ylabel="USD", yscale="log")
-        axes[0][col].legend(fontsize=7)
-    paths.append(out_dir / "online_trust.png")
-    fig.savefig(paths[-1], dpi=120)
-    if report.get("residency"):
-        paths.append(plot_residency(report["residency"], out_dir / "residency.png"))
-    return paths

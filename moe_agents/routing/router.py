@@ -27,7 +27,6 @@ import anyio
 import numpy as np
 
 from ..errors import BackendUnavailable, ConfigError, NoCapableExpert
-from ..experts.base import Expert
 from ..logging import get_logger
 from ..types import ExpertScore, Query, Selection
 from .context import ContextConfig, KMeansContexts, gate_context
@@ -38,6 +37,7 @@ from .permission import Candidates, Preset, SelectConfig, select
 from .rules import Rule, first_match
 
 if TYPE_CHECKING:
+    from ..experts.base import Expert
     from ..residency import Residency
     from .trust import TrustStore
 

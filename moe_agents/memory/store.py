@@ -1,195 +1,25 @@
-"""Conversation memory: recent turns, a verbatim log, and salience-scored memories per session.
-
-Per session (``Query.session_id``) the store keeps:
-
-* a **recent-turns buffer**: the last ``recent_turns`` turns, in memory (a bounded deque), rebuilt
-  from the database the first time a session is used by this store;
-* a **verbatim log** of every turn (table ``turns``: role ``user`` or ``assistant``, the text, the
-  comma-joined names of the experts that answered, the result id);
-* **memories** (table ``memories``): each exchange (a user turn with its answer) with its embedding
-  and a salience in [0, 1], the weighted mean of four components, each in [0, 1]::
-
-      novelty  = 1 - max cosine similarity to the session's earlier memories (1 for the first)
-      surprise = 1 - the router's confidence in its choice for the exchange
-      reward   = the feedback score, once given (0.5 until then; stored as NULL)
-      conflict = 1 when the answering experts disagreed (or a degree in between)
-      salience = (w_n * novelty + w_s * surprise + w_r * reward + w_c * conflict) / (w_n + w_s + w_r + w_c)
-
-``recall`` ranks a session's memories by ``cosine similarity * (0.5 + 0.5 * salience)``, skipping
-the exchanges still in the recent buffer (they are given verbatim anyway) and those less similar to
-the query than ``similarity_threshold``. ``context_for`` packs the recent turns (or those the
-caller chose, see ``moe_agents.continuity``), newest first, then the best memories into a token
-budget.
-
-The store is one SQLite file (WAL mode) behind one connection and a lock, like the trust store;
-encoder calls happen outside the lock. Each exchange (two turns and a memory) is written in one
-``BEGIN IMMEDIATE`` transaction. ``forget`` deletes a session for real: ``secure_delete`` zeroes the
-freed pages, and the WAL is checkpointed and truncated around a ``VACUUM``, so the text is gone from
-the file's bytes. The recent buffers assume one process writes a given session; other processes may
-read the file.
-"""
+"""``MemoryStore``: the SQLite-backed store described in the package docstring (``moe_agents.memory``)."""
 
 from __future__ import annotations
 
-import math
 import sqlite3
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
 from typing import ClassVar
 
 import numpy as np
 
-from .continuity import THRESHOLD
-from .errors import ConfigError, InvalidInput, RunError, check_settings, check_unit
-from .logging import get_logger
-from .routing.encoder import Encoder
-from .sqlite import Migration, SQLiteStore, transaction
+from ..errors import ConfigError, InvalidInput, RunError, check_unit
+from ..logging import get_logger
+from ..routing.encoder import Encoder
+from ..sqlite import Migration, SQLiteStore, transaction
+from .values import CACHED_SESSIONS, Memory, MemoryConfig, ProvidedContext, Turn, count_tokens
 
-__all__ = [
-    "Memory",
-    "MemoryConfig",
-    "MemoryStore",
-    "ProvidedContext",
-    "Turn",
-    "count_tokens",
-]
+__all__ = ["MemoryStore"]
 
 log = get_logger(__name__)
-
-CACHED_SESSIONS = 1024
-"""How many sessions' recent buffers stay in memory (least recently used ones are dropped and
-rebuilt from the database when needed again)."""
-
-TOKENS_PER_WORD = 1.3
-"""``count_tokens``' estimate of subword tokens per whitespace-separated word."""
-
-
-def count_tokens(text: str) -> int:
-    """Estimates the tokens of ``text``: ``ceil(words * 1.3)``, words split on whitespace.
-
-    A rough, tokenizer-free estimate (English averages about 1.3 subword tokens a word); pass
-    another counter to ``MemoryStore.context_for`` to count with a real tokenizer.
-    """
-    return math.ceil(len(text.split()) * TOKENS_PER_WORD)
-
-
-@dataclass(frozen=True, slots=True)
-class MemoryConfig:
-    """Settings of a ``MemoryStore``.
-
-    Attributes:
-        path: the SQLite file; ``":memory:"`` for a store that lives as long as its object; ``None``
-            for ``MemoryStore.default_path()``.
-        recent_turns: how many turns (user and assistant each count one) the recent buffer holds.
-        recall_k: how many memories ``recall`` returns by default.
-        weights: the salience weights of novelty, surprise, reward and conflict (non-negative, not
-            all zero; they are normalised to sum to 1).
-        similarity_threshold: in [-1, 1]. A pipeline gives an expert the recent turns only while
-            they continue into the new query: an exchange continues when its user turn is at
-            least this similar to the query (or, with ``same_expert``, when the expert answered
-            it); see ``moe_agents.continuity``. ``recall`` leaves out memories less similar than
-            this. ``-1`` turns both off (every recent turn, every positively similar memory).
-        same_expert: an exchange the asked expert answered continues whatever its similarity.
-    """
-
-    path: str | Path | None = None
-    recent_turns: int = 8
-    recall_k: int = 3
-    weights: tuple[float, float, float, float] = (0.3, 0.2, 0.3, 0.2)
-    similarity_threshold: float = THRESHOLD
-    same_expert: bool = True
-
-    def __post_init__(self) -> None:
-        weights = tuple(self.weights)
-        object.__setattr__(self, "weights", weights)
-        finite = len(weights) == 4 and all(
-            isinstance(w, int | float) and math.isfinite(w) and w >= 0 for w in weights
-        )
-        check_settings(
-            "memory",
-            self,
-            {
-                "recent_turns": isinstance(self.recent_turns, int) and self.recent_turns >= 0,
-                "recall_k": isinstance(self.recall_k, int) and self.recall_k >= 0,
-                "weights": finite and sum(weights) > 0,
-                "similarity_threshold": isinstance(self.similarity_threshold, int | float)
-                and -1.0 <= self.similarity_threshold <= 1.0,
-                "same_expert": isinstance(self.same_expert, bool),
-            },
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Turn:
-    """One message of a conversation, as logged.
-
-    Attributes:
-        id: the turn's row id (increasing in the order turns were written).
-        role: ``user`` or ``assistant``.
-        text: the message, verbatim.
-        experts: the experts that answered the exchange.
-        result_id: the pipeline result of the exchange, when there is one.
-        ts: when it was written (unix seconds).
-    """
-
-    id: int
-    role: str
-    text: str
-    experts: tuple[str, ...]
-    result_id: str | None
-    ts: float
-
-
-@dataclass(frozen=True, slots=True)
-class Memory:
-    """One remembered exchange, as ``recall`` found it.
-
-    Attributes:
-        id: the memory's row id.
-        session: the session it belongs to.
-        text: the exchange (``user: ...`` and ``assistant: ...`` lines).
-        ts: when it was written (unix seconds).
-        similarity: cosine similarity of its embedding to the recall text.
-        salience: the weighted mean of the four components below, in [0, 1].
-        score: the ranking value, ``similarity * (0.5 + 0.5 * salience)``.
-        novelty: 1 - max cosine similarity to the session's earlier memories.
-        surprise: 1 - the router's confidence for the exchange.
-        reward: the feedback score, ``None`` until feedback arrives (counted as 0.5).
-        conflict: how much the answering experts disagreed.
-    """
-
-    id: int
-    session: str
-    text: str
-    ts: float
-    similarity: float
-    salience: float
-    score: float
-    novelty: float
-    surprise: float
-    reward: float | None
-    conflict: float
-
-
-@dataclass(frozen=True, slots=True)
-class ProvidedContext:
-    """What ``context_for`` gave an expert.
-
-    Attributes:
-        text: the formatted context (empty when nothing fitted).
-        turns: the recent turns in it, oldest first.
-        memories: the memories in it, best first.
-        tokens: the token count of ``text``.
-    """
-
-    text: str
-    turns: tuple[Turn, ...]
-    memories: tuple[Memory, ...]
-    tokens: int
 
 
 def _create_v1(conn: sqlite3.Connection) -> None:
