@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from moe_agents.cli import app
+from moe_agents.routing.trust import TrustStore
 
 CONFIG = """\
 router: {top_k: 1}
@@ -119,6 +120,42 @@ class TestExperts:
         out = runner.invoke(app, ["experts", "-c", str(config)], env={"COLUMNS": "200"})
         assert out.exit_code == 0, out.output
         assert "KnowledgeExpert" in out.stdout and "litellm:openai/gpt-4o-mini" in out.stdout
+
+    def test_stats_without_trust_store_says_there_is_nothing_to_rank_by(self, config: Path) -> None:
+        """`experts --stats` without a trust store ranks nothing and says the process made no calls."""
+        out = runner.invoke(app, ["experts", "--stats", "-c", str(config)])
+        assert out.exit_code == 0, out.output
+        assert "nothing to rank by" in out.stdout
+        assert "this process has made no calls" in out.stdout and "no trust store" in out.stdout
+
+    def test_stats_rank_by_the_trust_store(self, config: Path, tmp_path: Path) -> None:
+        """`experts --stats` ranks by the trust store's scores and says so in the caption."""
+        db = tmp_path / "trust.db"
+        with TrustStore(db) as store:
+            for _ in range(5):
+                store.record("knowledge", "ctx", 1.0)
+                store.record("coding", "ctx", 0.0)
+        with_trust = tmp_path / "trust.yaml"
+        with_trust.write_text(f"trust: {{path: {db}}}\n" + config.read_text(), encoding="utf-8")
+        out = runner.invoke(app, ["experts", "--stats", "-c", str(with_trust)], env={"COLUMNS": "400"})
+        assert out.exit_code == 0, out.output
+        experts = {"coding", "reasoning", "knowledge", "epistemic", "omni"}
+        ranked = [word for word in out.stdout.replace("│", " ").split() if word in experts]
+        assert ranked == ["knowledge", "epistemic", "omni", "reasoning", "coding"]
+        assert "ranked by trust" in out.stdout and f"trust store {db}: 10 scores" in out.stdout
+        assert "this process has made no calls" in out.stdout
+        assert "no scores recorded" not in out.stdout
+
+    def test_stats_with_an_empty_trust_store_says_every_trust_is_the_prior(
+        self, config: Path, tmp_path: Path
+    ) -> None:
+        """With a trust store but no scores in it, `experts --stats` shows the prior and says so."""
+        with_trust = tmp_path / "trust.yaml"
+        with_trust.write_text(f"trust: {{path: {tmp_path / 'trust.db'}}}\n" + config.read_text())
+        out = runner.invoke(app, ["experts", "--stats", "-c", str(with_trust)], env={"COLUMNS": "400"})
+        assert out.exit_code == 0, out.output
+        assert "no scores recorded" in out.stdout and "every expert has the prior trust" in out.stdout
+        assert out.stdout.count("0.500") == 5
 
 
 class TestChat:
