@@ -23,6 +23,7 @@ EVALUATION_SIDE = {
     "evaluation",
     "token_router/bench.py",
     "token_router/bench_report.py",
+    "token_router/bench_speed.py",
     "token_router/train.py",
 }
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -55,7 +56,7 @@ def _runtime_modules() -> list[Path]:
     return [
         path
         for path in sorted(PACKAGE.rglob("*.py"))
-        if path.name != "cli.py"
+        if path.relative_to(PACKAGE).parts[0] != "cli"  # the application: its eval commands run benchmarks
         and not any(str(path.relative_to(PACKAGE)).startswith(side) for side in EVALUATION_SIDE)
     ]
 
