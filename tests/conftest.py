@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -14,10 +16,14 @@ import structlog
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-# fitted gates are cached per test session, never in the user's cache folder
-os.environ["MOE_AGENTS_CACHE_DIR"] = tempfile.mkdtemp(prefix="moe-agents-tests-")
-# the trust store's default file, never in the user's data folder
-os.environ["MOE_AGENTS_DATA_DIR"] = tempfile.mkdtemp(prefix="moe-agents-data-")
+# fitted gates and converted GGUF models (~0.5 GB) are cached per test session, never in the user's
+# cache folder; the trust store's default file never in the user's data folder; both removed at exit
+for _variable, _prefix in (
+    ("MOE_AGENTS_CACHE_DIR", "moe-agents-tests-"),
+    ("MOE_AGENTS_DATA_DIR", "moe-agents-data-"),
+):
+    os.environ[_variable] = tempfile.mkdtemp(prefix=_prefix)
+    atexit.register(shutil.rmtree, os.environ[_variable], ignore_errors=True)
 os.environ.setdefault("MOE_AGENTS_EVAL_DATA", os.path.abspath(os.path.join(__file__, "../../../shared/data")))
 
 # the library logs through stdlib logging and is silent by default; tests read every event
