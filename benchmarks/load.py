@@ -40,7 +40,7 @@ import structlog
 from rich.console import Console
 from rich.table import Table
 
-from moe_agents import Pipeline, Router, RouterConfig
+from moe_agents import ExpertPolicy, Pipeline, Router, RouterConfig
 from moe_agents.errors import BackendError, MoEError
 from moe_agents.experts import CodingExpert, EpistemicExpert, KnowledgeExpert, ReasoningExpert
 from moe_agents.reliability import BreakerPolicy, GuardedBackend, RetryPolicy
@@ -96,7 +96,9 @@ def build(faults: Faults, *, fault_free: bool = False, **limits: Any) -> Pipelin
     kinds["epistemic"] = EpistemicExpert
     experts = [
         cls(
-            name, backends=[faults.backend(name, faults=not fault_free)], max_load=10_000, timeout_s=TIMEOUT_S
+            name,
+            backends=[faults.backend(name, faults=not fault_free)],
+            policy=ExpertPolicy(max_load=10_000, timeout_s=TIMEOUT_S),
         )
         for name, cls in kinds.items()
     ]

@@ -24,7 +24,7 @@ import anyio
 import numpy as np
 import structlog
 
-from moe_agents import Pipeline, Router, RouterConfig
+from moe_agents import ExpertPolicy, Pipeline, Router, RouterConfig
 from moe_agents.experts import CodingExpert, EpistemicExpert, KnowledgeExpert, ReasoningExpert
 from moe_agents.testing import FunctionBackend, HashingEncoder
 from moe_agents.types import Message
@@ -47,7 +47,8 @@ def reply(messages: Sequence[Message]) -> str:
 def build(latency_s: float, encoder: str, top_k: int) -> tuple[Pipeline, list[FunctionBackend]]:
     backends = [FunctionBackend(reply, name=f"b{i}", latency_s=latency_s) for i in range(4)]
     kinds = (CodingExpert, ReasoningExpert, KnowledgeExpert, EpistemicExpert)
-    experts = [cls(backends=[b], max_load=100_000) for cls, b in zip(kinds, backends, strict=True)]
+    policy = ExpertPolicy(max_load=100_000)
+    experts = [cls(backends=[b], policy=policy) for cls, b in zip(kinds, backends, strict=True)]
     enc = HashingEncoder() if encoder == "hashing" else None  # None: the bundled MiniLM
     pipeline = Pipeline(experts, router=Router(RouterConfig(top_k=top_k), encoder=enc))
     return pipeline, backends

@@ -45,6 +45,7 @@ from .experts import CodingExpert as CodingExpert
 from .experts import EpistemicExpert as EpistemicExpert
 from .experts import Expert as Expert
 from .experts import ExpertCapability as ExpertCapability
+from .experts import ExpertPolicy as ExpertPolicy
 from .experts import ExpertStats as ExpertStats
 from .experts import KnowledgeExpert as KnowledgeExpert
 from .experts import LLMExpert as LLMExpert
@@ -102,6 +103,7 @@ __all__ = [
     "EpistemicExpert",
     "Expert",
     "ExpertCapability",
+    "ExpertPolicy",
     "ExpertScore",
     "ExpertStats",
     "ExpertsFailed",

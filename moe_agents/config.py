@@ -61,6 +61,7 @@ from .config_seed import Shape, translate
 from .continuity import THRESHOLD as CONTINUE_THRESHOLD
 from .core.validation import check_references
 from .errors import ConfigError, MoEError
+from .experts.policy import ExpertPolicy
 from .inputs import InputLimits
 from .management import ABTest, HealthPolicy, RankingWeights, ScalingPolicy
 from .management.manager import ManagementConfig
@@ -490,7 +491,7 @@ class _Builder:
         except ConfigError as exc:
             if exc.path is not None:
                 raise
-            raise self.error(exc.message, ("runtime",)) from None
+            raise self.error(exc.message, _loc(exc.key) if exc.key else ("runtime",)) from None
         for i, e in enumerate(self.spec.experts):
             if not e.routed:
                 try:
@@ -695,18 +696,10 @@ class _Builder:
                 backends.append(self.named[ref])
             else:
                 backends.append(self.backend(ref, (*loc, "backends", j)))
-        kwargs: dict[str, Any] = {"name": spec.name, "max_load": spec.max_load, "timeout_s": spec.timeout_s}
-        if spec.price:
-            kwargs["price"] = spec.price
-        if spec.context_tokens is not None:
-            kwargs["context_tokens"] = spec.context_tokens
+        policy = self.policy(spec, loc)
+        kwargs: dict[str, Any] = {"name": spec.name}
         if spec.adapter is not None:
             kwargs["adapter"] = self.local(spec.adapter)
-        if spec.scorer is not None:
-            try:
-                kwargs["scorer"] = self.registry.scorers.get(spec.scorer)
-            except ConfigError as exc:
-                raise self.error(exc.message, (*loc, "scorer")) from None
         if backends:
             kwargs["backends"] = backends
         if spec.system_prompt is not None:
@@ -729,8 +722,10 @@ class _Builder:
         params = inspect.signature(cls).parameters
         if "encoder" in params and "encoder" not in spec.options:
             kwargs["encoder"] = encoder
-        kwargs.update(spec.options)
         accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        if "policy" in params or accepts_any:
+            kwargs["policy"] = policy
+        kwargs.update(spec.options)
         unknown = [k for k in kwargs if k not in params and not accepts_any]
         if unknown:
             field = unknown[0]
@@ -741,10 +736,32 @@ class _Builder:
                 where,
             )
         try:
-            return cls(**kwargs)
+            expert = cls(**kwargs)
         except (TypeError, ValueError, ConfigError) as exc:
             message = exc.message if isinstance(exc, ConfigError) else str(exc)
             raise self.error(f"cannot build expert {spec.name!r}: {message}", loc) from exc
+        if "policy" not in kwargs:  # a kind that takes no policy gets it as the pipeline's
+            expert.policy = policy
+        return expert
+
+    def policy(self, spec: ExpertSpec, loc: Loc) -> ExpertPolicy:
+        scorer = None
+        if spec.scorer is not None:
+            try:
+                scorer = self.registry.scorers.get(spec.scorer)
+            except ConfigError as exc:
+                raise self.error(exc.message, (*loc, "scorer")) from None
+        context_tokens = ExpertPolicy().context_tokens if spec.context_tokens is None else spec.context_tokens
+        try:
+            return ExpertPolicy(
+                max_load=spec.max_load,
+                timeout_s=spec.timeout_s,
+                price=spec.price,
+                scorer=scorer,
+                context_tokens=context_tokens,
+            )
+        except ConfigError as exc:
+            raise self.error(exc.message, loc) from None
 
     def aggregator(self) -> Aggregator:
         agg = self.spec.aggregation

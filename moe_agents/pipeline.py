@@ -33,6 +33,7 @@ from .core.stream import AnswerStream
 from .core.validation import check_references
 from .errors import InvalidInput, MoEError, UnknownResult
 from .experts.base import Expert
+from .experts.policy import ExpertPolicy
 from .inputs import InputLimits, check_query
 from .logging import get_logger
 from .management.events import EventBus
@@ -208,6 +209,15 @@ class Pipeline:
     def enable(self, name: str) -> None:
         """Puts a disabled expert back into routing."""
         self.roster.enable(name)
+
+    def set_policy(self, name: str, policy: ExpertPolicy) -> None:
+        """Gives an expert a new ``ExpertPolicy`` (capacity, deadline, price, scorer, memory
+        context) from its next call on; a new ``max_load`` resizes its limiter at once.
+
+        Raises:
+            ConfigError: no such expert.
+        """
+        self.roster.set_policy(name, policy)
 
     def rank(self) -> list[ExpertRank]:
         """The experts ranked as in the seed plan (``0.5·success + 0.3·load headroom +

@@ -87,6 +87,7 @@ class TestBuiltinExperts:
             "epistemic",
             "knowledge",
             "omni",
+            "policy",
             "reasoning",
         }
         assert public == set(experts_pkg.__all__)

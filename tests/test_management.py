@@ -11,7 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 import moe_agents.management as management
-from moe_agents import ConfigError, InvalidInput, LLMExpert
+from moe_agents import ConfigError, ExpertPolicy, InvalidInput, LLMExpert
 from moe_agents.management import (
     ABTest,
     ABTracker,
@@ -51,7 +51,7 @@ def expert(
     load: int = 0,
     max_load: int = 4,
 ) -> LLMExpert:
-    e = LLMExpert(name, max_load=max_load)
+    e = LLMExpert(name, policy=ExpertPolicy(max_load=max_load))
     e.stats.successes, e.stats.failures = ok, failed
     e.stats.total_queries = ok + failed
     e.stats.latency_ema_ms = latency_ms

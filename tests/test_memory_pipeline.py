@@ -7,7 +7,7 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from moe_agents import LLMExpert, Pipeline, Query, Router, load_pipeline
+from moe_agents import ExpertPolicy, LLMExpert, Pipeline, Query, Router, load_pipeline
 from moe_agents.experts.base import Signal
 from moe_agents.memory import MemoryConfig, MemoryStore, count_tokens
 from moe_agents.testing import FunctionBackend, HashingEncoder
@@ -33,7 +33,7 @@ def make(context_tokens: int = 512, recent_turns: int = 8) -> tuple[Pipeline, Fu
     encoder = HashingEncoder()
     memory = MemoryStore(MemoryConfig(":memory:", recent_turns=recent_turns), encoder=encoder)
     experts = [
-        Coder(backends=[backend], context_tokens=context_tokens),
+        Coder(backends=[backend], policy=ExpertPolicy(context_tokens=context_tokens)),
         Talker(backends=[FunctionBackend(reply)]),
     ]
     return Pipeline(experts, router=Router(encoder=encoder), memory=memory), backend, memory

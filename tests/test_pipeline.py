@@ -14,6 +14,7 @@ from moe_agents import (
     Attachment,
     ConfigError,
     EnsembleAggregator,
+    ExpertPolicy,
     ExpertsFailed,
     InvalidInput,
     LLMExpert,
@@ -145,7 +146,7 @@ class TestRun:
         """An expert slower than its timeout_s fails with BackendTimeout; others answer."""
         slow = FunctionBackend(echo("maths"), name="maths", latency_s=5)
         pipeline = make(top_k=2, maths=slow)
-        pipeline.experts["maths"].timeout_s = 0.05
+        pipeline.set_policy("maths", ExpertPolicy(timeout_s=0.05))
         result = await pipeline.run("solve this python equation")
         assert isinstance(result.errors["maths"], BackendTimeout)
         assert result.errors["maths"].expert == "maths"
@@ -188,7 +189,7 @@ class TestRun:
             return "ok"
 
         pipeline = make(coding=FunctionBackend(tracked, name="coding"))
-        pipeline.experts["coding"].max_load = 2
+        pipeline.set_policy("coding", ExpertPolicy(max_load=2))
         async with anyio.create_task_group() as tg:
             for _ in range(6):
                 tg.start_soon(pipeline.run, "python function bug")

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import anyio
 import pytest
 
-from moe_agents import ConfigError, LLMExpert, MoEError, Pipeline, Router, RouterConfig
+from moe_agents import ConfigError, ExpertPolicy, LLMExpert, MoEError, Pipeline, Router, RouterConfig
 from moe_agents.experts.base import Signal
 from moe_agents.testing import FunctionBackend, HashingEncoder
 from moe_agents.types import Message
@@ -119,6 +119,37 @@ async def test_disable_takes_an_expert_out_of_routing_visibly() -> None:
     assert (await p.route("fix the bug in my python function")).experts == ("coding",)
 
 
+async def test_a_new_policy_resizes_the_limiter() -> None:
+    """set_policy takes effect for the next requests: a new max_load bounds the concurrent calls."""
+    running = peak = 0
+
+    async def tracked(messages: Sequence[Message]) -> str:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await anyio.sleep(0.01)
+        running -= 1
+        return "ok"
+
+    coder = Coder(backends=[FunctionBackend(tracked)], policy=ExpertPolicy(max_load=3))
+    p = Pipeline([coder, Talker(backends=[echo("talk")])], router=Router(encoder=HashingEncoder()))
+
+    async def burst() -> int:
+        nonlocal peak
+        peak = 0
+        async with anyio.create_task_group() as tg:
+            for _ in range(6):
+                tg.start_soon(p.run, "fix the bug in my python function")
+        return peak
+
+    assert await burst() == 3
+    p.set_policy("coding", ExpertPolicy(max_load=1))
+    assert await burst() == 1
+    assert p.experts["coding"].max_load == 1
+    with pytest.raises(AttributeError):
+        p.experts["coding"].max_load = 5  # type: ignore[misc]
+
+
 async def test_registry_events_are_published() -> None:
     p = make()
     seen = []
@@ -126,16 +157,18 @@ async def test_registry_events_are_published() -> None:
         p.register(Mathy(backends=[echo("maths")]))
         p.disable("maths", reason="test")
         p.enable("maths")
+        p.set_policy("maths", ExpertPolicy(max_load=2))
         p.remove("maths")
         with anyio.fail_after(1):
             async for event in events:
                 seen.append((event.kind, event.data["expert"]))
-                if len(seen) == 4:
+                if len(seen) == 5:
                     break
     assert seen == [
         ("expert.registered", "maths"),
         ("expert.disabled", "maths"),
         ("expert.enabled", "maths"),
+        ("expert.policy_changed", "maths"),
         ("expert.removed", "maths"),
     ]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moe_agents import ConfigError, GateConfig, LLMExpert, Query, Router, RouterConfig, Rule
+from moe_agents import ConfigError, ExpertPolicy, GateConfig, LLMExpert, Query, Router, RouterConfig, Rule
 from moe_agents.experts import CodingExpert, EpistemicExpert, KnowledgeExpert, OmniExpert, ReasoningExpert
 from moe_agents.routing.encoder import SentenceEncoder
 from moe_agents.routing.gates import fit_gate
@@ -79,7 +79,7 @@ class TestRoute:
         pool = experts()
         router = Router(RouterConfig(top_k=3), encoder=HashingEncoder())
         before = (await router.route(Query("apples"), pool)).scores["a"].permission
-        pool[0].max_load = 1
+        pool[0].policy = ExpertPolicy(max_load=1)
         pool[0].stats.current_load = 1
         after = await router.route(Query("apples"), pool)
         assert after.scores["a"].permission == pytest.approx(before * 0.5)

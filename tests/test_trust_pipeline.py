@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from moe_agents import ConfigError, LLMExpert, Pipeline, Query, Router, RouterConfig, load_pipeline
+from moe_agents import (
+    ConfigError,
+    ExpertPolicy,
+    LLMExpert,
+    Pipeline,
+    Query,
+    Router,
+    RouterConfig,
+    load_pipeline,
+)
 from moe_agents.budget import BudgetConfig
 from moe_agents.experts.base import Signal
 from moe_agents.routing.context import ContextConfig
@@ -48,8 +57,12 @@ def make(
     coder_price: float = 0.0,
     helper_scorer=None,
 ) -> Pipeline:
-    coder = Coder(backends=[FunctionBackend(echo("coding"), name="c")], price=coder_price)
-    helper = Helper(backends=[FunctionBackend(echo("helper"), name="h")], scorer=helper_scorer)
+    coder = Coder(
+        backends=[FunctionBackend(echo("coding"), name="c")], policy=ExpertPolicy(price=coder_price)
+    )
+    helper = Helper(
+        backends=[FunctionBackend(echo("helper"), name="h")], policy=ExpertPolicy(scorer=helper_scorer)
+    )
     config = RouterConfig(
         top_k=top_k, selection=SelectConfig(min_evidence=2), context=ContextConfig(kind=context, clusters=2)
     )
@@ -141,7 +154,7 @@ async def test_an_exhausted_session_budget_leaves_only_cheap_experts() -> None:
 
         return Completion("coding: done", "m", Usage(10, 10, cost_usd=0.6))
 
-    coder = Coder(backends=[FunctionBackend(costly, name="c")], price=0.5)
+    coder = Coder(backends=[FunctionBackend(costly, name="c")], policy=ExpertPolicy(price=0.5))
     helper = Helper(backends=[FunctionBackend(echo("helper"), name="h")])
     router = Router(RouterConfig(selection=SelectConfig(cost_weight=0.0)), encoder=HashingEncoder())
     pipeline = Pipeline([coder, helper], router=router, budget=BudgetConfig(usd=0.5))

@@ -3,9 +3,9 @@ which of them routing may choose.
 
 Changes copy on write: ``lineup()`` hands a request the experts and limiters of the moment, and the
 request finishes on them even if an expert is removed or replaced meanwhile. An expert's capacity
-is ``max_load`` × its instances (``scale``); a changed ``max_load`` resizes its limiter before the
-next request. Every change is an event on the bus (``expert.registered``, ``expert.removed``,
-``expert.replaced``, ``expert.disabled``, ``expert.enabled``).
+is its policy's ``max_load`` × its instances (``scale``); a new policy (``set_policy``) resizes its
+limiter at once. Every change is an event on the bus (``expert.registered``, ``expert.removed``,
+``expert.replaced``, ``expert.disabled``, ``expert.enabled``, ``expert.policy_changed``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import anyio
 
 from ..errors import ConfigError
 from ..experts.base import Expert
+from ..experts.policy import ExpertPolicy
 from ..management.events import EventBus
 
 __all__ = ["Exclusions", "Member", "Roster"]
@@ -71,13 +72,11 @@ class Roster:
         return MappingProxyType(self._instances)
 
     def lineup(self) -> Mapping[str, Member]:
-        """The experts and their limiters now, for one request; limiters follow ``max_load``."""
-        members = self._members
-        for name, member in members.items():
-            capacity = member.expert.max_load * self._instances.get(name, 1)
-            if member.limiter.total_tokens != capacity:
-                member.limiter.total_tokens = capacity
-        return members
+        """The experts and their limiters now, for one request (limiters sized to the policies:
+        an expert whose ``policy`` was assigned directly gets its new capacity here)."""
+        for name in self._members:
+            self._resize(name)
+        return self._members
 
     def add_exclusion(self, source: Exclusions) -> None:
         """Consults ``source`` too whenever the experts routing may choose are needed."""
@@ -157,12 +156,30 @@ class Roster:
         if self._disabled.pop(name, None) is not None:
             self._changed("expert.enabled", name)
 
+    def set_policy(self, name: str, policy: ExpertPolicy) -> None:
+        """Gives an expert a new policy, from the next call on: its limiter is resized to the new
+        ``max_load`` at once (calls running keep their slots).
+
+        Raises:
+            ConfigError: no such expert.
+        """
+        expert = self._require(name)
+        expert.policy = policy
+        self._resize(name)
+        self._changed("expert.policy_changed", name)
+
     def scale(self, name: str, instances: int) -> None:
         """Runs ``instances`` copies of an expert's capacity: its limiter lets ``max_load`` ×
         ``instances`` calls through, from now on."""
-        member = self._members[self._require(name).name]
+        self._require(name)
         self._instances[name] = instances
-        member.limiter.total_tokens = member.expert.max_load * instances
+        self._resize(name)
+
+    def _resize(self, name: str) -> None:
+        member = self._members[name]
+        capacity = member.expert.policy.max_load * self._instances.get(name, 1)
+        if member.limiter.total_tokens != capacity:
+            member.limiter.total_tokens = capacity
 
     def _require(self, name: str) -> Expert:
         expert = self._experts.get(name)
@@ -179,4 +196,4 @@ class Roster:
 
 
 def _member(expert: Expert, instances: int) -> Member:
-    return Member(expert, anyio.CapacityLimiter(expert.max_load * instances))
+    return Member(expert, anyio.CapacityLimiter(expert.policy.max_load * instances))

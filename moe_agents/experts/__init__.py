@@ -12,6 +12,7 @@ from .coding import CodingExpert as CodingExpert
 from .epistemic import EpistemicExpert as EpistemicExpert
 from .knowledge import KnowledgeExpert as KnowledgeExpert
 from .omni import OmniExpert as OmniExpert
+from .policy import ExpertPolicy as ExpertPolicy
 from .reasoning import ReasoningExpert as ReasoningExpert
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "EpistemicExpert",
     "Expert",
     "ExpertCapability",
+    "ExpertPolicy",
     "ExpertStats",
     "KnowledgeExpert",
     "LLMExpert",

@@ -5,22 +5,20 @@ from __future__ import annotations
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..backends.base import Backend, ChunkCallback, Completion, GenerationSettings
-from ..errors import BackendError, ConfigError
+from ..errors import BackendError
 from ..reliability import GuardedBackend
 from ..types import Answer, Message, Query
+from .policy import ExpertPolicy, Scorer
 
-__all__ = ["Expert", "ExpertCapability", "ExpertStats", "LLMExpert", "Scorer", "Signal"]
-
-Scorer = Callable[[Query, Answer], "float | None"]
-"""An automatic quality check of one answer: a score in [0, 1], or ``None`` for no opinion."""
+__all__ = ["Expert", "ExpertCapability", "ExpertPolicy", "ExpertStats", "LLMExpert", "Scorer", "Signal"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +81,8 @@ class Expert(ABC):
     """An agent that can answer some queries well.
 
     Subclasses set ``name`` and implement ``can_handle`` and ``process``. The pipeline keeps
-    ``stats`` up to date and enforces ``max_load`` and ``timeout_s``.
+    ``stats`` up to date and enforces ``policy``; ``max_load``, ``timeout_s``, ``price``,
+    ``scorer`` and ``context_tokens`` read it.
 
     Attributes:
         name: unique name inside a pipeline.
@@ -92,26 +91,41 @@ class Expert(ABC):
         media_only: takes only queries that carry an image or audio attachment (the omni expert:
             text-only queries belong to the text experts).
         exemplars: example requests it is good at; the router's gate is built from them.
-        max_load: most concurrent calls the pipeline lets through.
-        timeout_s: per-call deadline (``None``: none).
-        price: what one call costs, in the unit of the pipeline's budgets (e.g. USD); the router
-            turns it into ``cheapness``.
-        scorer: an automatic quality check ``(query, answer) -> score in [0, 1] | None`` whose
-            scores update trust like feedback does (``None``: no score for that answer).
-        context_tokens: with conversation memory, the most tokens of earlier turns and memories
-            put before the request.
+        policy: what the pipeline enforces (``ExpertPolicy``); in a pipeline, change it with
+            ``Pipeline.set_policy``.
     """
 
     name: str
-    capabilities: tuple[ExpertCapability, ...] = ()
+    capabilities: Sequence[ExpertCapability] = ()
     modalities: frozenset[str] = frozenset()
     media_only: bool = False
-    exemplars: tuple[str, ...] = ()
-    max_load: int = 4
-    timeout_s: float | None = 120.0
-    price: float = 0.0
-    scorer: Scorer | None = None
-    context_tokens: int = 512
+    exemplars: Sequence[str] = ()
+    policy: ExpertPolicy = ExpertPolicy()
+
+    @property
+    def max_load(self) -> int:
+        """``policy.max_load``."""
+        return self.policy.max_load
+
+    @property
+    def timeout_s(self) -> float | None:
+        """``policy.timeout_s``."""
+        return self.policy.timeout_s
+
+    @property
+    def price(self) -> float:
+        """``policy.price``."""
+        return self.policy.price
+
+    @property
+    def scorer(self) -> Scorer | None:
+        """``policy.scorer``."""
+        return self.policy.scorer
+
+    @property
+    def context_tokens(self) -> int:
+        """``policy.context_tokens``."""
+        return self.policy.context_tokens
 
     @property
     def stats(self) -> ExpertStats:
@@ -188,26 +202,31 @@ class Signal:
         return self._regex.search(text) is not None
 
 
+@dataclass(eq=False, repr=False)
 class LLMExpert(Expert):
     """An expert that answers through one or more language-model backends.
 
     Subclasses set the class attributes ``kind``, ``default_system_prompt``, ``default_exemplars``
-    and ``signals``; they may override ``build_messages`` and ``make_answer``.
+    and ``signals``; they may override ``build_messages`` and ``make_answer``. A subclass with
+    options of its own is a ``@dataclass(eq=False, repr=False, kw_only=True)`` that declares only
+    those, and checks them in ``__post_init__`` after ``super().__post_init__()``.
 
     Args:
         name: defaults to the kind (``coding``, ...).
         backends: the models it may call; each call goes to the least loaded one that accepts
             the query's attachments. Each is put behind its own ``GuardedBackend`` (retries and a
             circuit breaker with the default policies) unless it is one already; experts that
-            should share a breaker are given the same ``GuardedBackend``.
+            should share a breaker are given the same ``GuardedBackend``. After construction
+            ``backends`` holds the guards.
         system_prompt: replaces the kind's default prompt.
         exemplars: replace the kind's default exemplars (used by the router's gate).
-        max_load: most concurrent calls.
-        timeout_s: per-call deadline in seconds.
         settings: generation settings for every call.
-        price: cost of one call (see ``Expert.price``).
-        scorer: an automatic quality check (see ``Expert.scorer``).
-        context_tokens: memory context budget (see ``Expert.context_tokens``).
+        capabilities: replace the default capability (the kind, at ``policy.max_load``).
+        policy: what the pipeline enforces (``ExpertPolicy``: capacity, deadline, price, scorer,
+            memory context).
+
+    Raises:
+        ConfigError: an option is out of range.
     """
 
     kind: ClassVar[str] = "llm"
@@ -216,57 +235,34 @@ class LLMExpert(Expert):
     signals: ClassVar[tuple[Signal, ...]] = ()
     base_confidence: ClassVar[float] = 0.1
 
-    def __init__(
-        self,
-        name: str | None = None,
-        *,
-        backends: Sequence[Backend] = (),
-        system_prompt: str | None = None,
-        exemplars: Sequence[str] | None = None,
-        max_load: int = 4,
-        timeout_s: float | None = 120.0,
-        settings: GenerationSettings | None = None,
-        capabilities: Sequence[ExpertCapability] | None = None,
-        price: float = 0.0,
-        scorer: Scorer | None = None,
-        context_tokens: int = 512,
-    ) -> None:
-        if max_load < 1:
-            raise ConfigError(f"max_load must be >= 1, got {max_load}")
-        if timeout_s is not None and timeout_s <= 0:
-            raise ConfigError(f"timeout_s must be > 0, got {timeout_s}")
-        if price < 0:
-            raise ConfigError(f"price must be >= 0, got {price}")
-        self.name = name or self.kind
-        if context_tokens < 0:
-            raise ConfigError(f"context_tokens must be >= 0, got {context_tokens}")
-        self.price = float(price)
-        self.scorer = scorer
-        self.context_tokens = context_tokens
-        self._backends = tuple(b if isinstance(b, GuardedBackend) else GuardedBackend(b) for b in backends)
-        self.system_prompt = system_prompt or self.default_system_prompt
-        self.exemplars = tuple(exemplars) if exemplars is not None else self.default_exemplars
-        self.max_load = max_load
-        self.timeout_s = timeout_s
-        self.settings = settings or GenerationSettings()
-        self.capabilities = (
-            tuple(capabilities)
-            if capabilities is not None
-            else (ExpertCapability(self.kind, max_load=max_load),)
-        )
-        self._in_flight: dict[int, int] = {}
+    name: str = ""
+    _: KW_ONLY
+    backends: Sequence[Backend] = ()
+    system_prompt: str = ""
+    exemplars: Sequence[str] | None = None  # type: ignore[assignment]  # None: the kind's; a tuple after init
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
+    capabilities: Sequence[ExpertCapability] | None = None  # type: ignore[assignment]  # likewise
+    policy: ExpertPolicy = field(default_factory=ExpertPolicy)
 
-    @property
-    def backends(self) -> Sequence[GuardedBackend]:
-        """The guarded backends this expert calls."""
-        return self._backends
+    def __post_init__(self) -> None:
+        self.name = self.name or self.kind
+        self.system_prompt = self.system_prompt or self.default_system_prompt
+        self.exemplars = tuple(self.exemplars) if self.exemplars is not None else self.default_exemplars
+        self.capabilities = (
+            tuple(self.capabilities)
+            if self.capabilities is not None
+            else (ExpertCapability(self.kind, max_load=self.policy.max_load),)
+        )
+        self._guards = tuple(b if isinstance(b, GuardedBackend) else GuardedBackend(b) for b in self.backends)
+        self.backends = self._guards
+        self._in_flight: dict[int, int] = {}
 
     def recovers_at(self) -> float | None:
         """``None`` when a backend can take a call now; else when the first leaves its cooldown
         (every backend's circuit breaker is open)."""
-        if not self._backends or any(b.available for b in self._backends):
+        if not self._guards or any(b.available for b in self._guards):
             return None
-        return min(b.recovers_at for b in self._backends)
+        return min(b.recovers_at for b in self._guards)
 
     async def can_handle(self, query: Query) -> float:
         """Base confidence plus the weight of every matching signal, clipped to [0, 1]."""
@@ -308,13 +304,13 @@ class LLMExpert(Expert):
         manages them all (resident models need no swap and get the hysteresis bonus), else the
         least loaded."""
         needed = query.modalities - {"file"}
-        fit = [b for b in self._backends if needed <= b.modalities]
+        fit = [b for b in self._guards if needed <= b.modalities]
         fit = [b for b in fit if b.available] or fit
         if not fit:
             what = (
                 "no backend configured"
-                if not self._backends
-                else (f"no backend accepts {sorted(needed)} (backends: {[b.name for b in self._backends]})")
+                if not self._guards
+                else (f"no backend accepts {sorted(needed)} (backends: {[b.name for b in self._guards]})")
             )
             raise BackendError(f"expert {self.name!r}: {what}", expert=self.name)
         residency = fit[0].residency

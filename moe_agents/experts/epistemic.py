@@ -3,19 +3,19 @@ uncertainty stated openly (the "Introspective-Qwen" stance)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..backends.base import Backend, Completion, GenerationSettings
+from ..backends.base import Backend, Completion
 from ..backends.transformers import TransformersBackend
 from ..errors import ConfigError
 from ..logging import get_logger
 from ..reliability import GuardedBackend
 from ..residency import ResidentBackend
 from ..types import Answer, Query
-from .base import ExpertCapability, LLMExpert, Scorer, Signal
+from .base import LLMExpert, Signal
 
 __all__ = ["EpistemicExpert"]
 
@@ -96,6 +96,7 @@ _EXEMPLARS = (
 )
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class EpistemicExpert(LLMExpert):
     """Handles philosophical, ethical, analytical and conversational queries, stating its uncertainty.
 
@@ -103,14 +104,6 @@ class EpistemicExpert(LLMExpert):
     and allows one clarifying question back.
 
     Args:
-        name: defaults to ``"epistemic"``.
-        backends: the models it may call.
-        system_prompt: replaces the default prompt.
-        exemplars: replace the default exemplars.
-        max_load: most concurrent calls.
-        timeout_s: per-call deadline in seconds.
-        settings: generation settings for every call.
-        capabilities: replace the default capability.
         adapter: a peft LoRA adapter folder (or ``pkg:`` spec) that fine-tunes the model for this
             stance. Each ``TransformersBackend`` in ``backends`` without an adapter of its own is
             replaced by its adapted copy (``TransformersBackend.with_adapter``, merged into the
@@ -120,6 +113,8 @@ class EpistemicExpert(LLMExpert):
 
     Answers carry ``metadata["adapter"]`` (the adapter as a string, or ``None``) and
     ``metadata["adapter_applied"]`` (whether the backend that answered applied it).
+
+    It takes ``LLMExpert``'s arguments too (its name defaults to ``"epistemic"``).
 
     Raises:
         ConfigError: an option is out of range, or ``adapter`` is blank.
@@ -198,47 +193,22 @@ class EpistemicExpert(LLMExpert):
         ),
     )
 
-    def __init__(
-        self,
-        name: str | None = None,
-        *,
-        backends: Sequence[Backend] = (),
-        system_prompt: str | None = None,
-        exemplars: Sequence[str] | None = None,
-        max_load: int = 4,
-        timeout_s: float | None = 120.0,
-        settings: GenerationSettings | None = None,
-        capabilities: Sequence[ExpertCapability] | None = None,
-        price: float = 0.0,
-        scorer: Scorer | None = None,
-        context_tokens: int = 512,
-        adapter: str | Path | None = None,
-    ) -> None:
-        if adapter is not None and not str(adapter).strip():
-            raise ConfigError(f"expert {name or self.kind!r}: adapter must be a non-empty path")
+    adapter: str | Path | None = None
+
+    def __post_init__(self) -> None:
+        adapter = None if self.adapter is None else str(self.adapter)
+        if adapter is not None and not adapter.strip():
+            raise ConfigError(f"expert {self.name or self.kind!r}: adapter must be a non-empty path")
         self._adapted_names: frozenset[str] = frozenset()
         if adapter is not None:
-            backends = [_adapted(b, str(adapter)) or b for b in backends]
-            self._adapted_names = frozenset(b.name for b in backends if _adapter_of(b) == str(adapter))
-        super().__init__(
-            name,
-            backends=backends,
-            system_prompt=system_prompt,
-            exemplars=exemplars,
-            max_load=max_load,
-            timeout_s=timeout_s,
-            settings=settings,
-            capabilities=capabilities,
-            price=price,
-            scorer=scorer,
-            context_tokens=context_tokens,
-        )
-        self.adapter = adapter
+            self.backends = [_adapted(b, adapter) or b for b in self.backends]
+            self._adapted_names = frozenset(b.name for b in self.backends if _adapter_of(b) == adapter)
+        super().__post_init__()
         if adapter is not None:
             for b in self.backends:
                 if b.name not in self._adapted_names:
                     log.warning(
-                        "expert.adapter_not_applied", expert=self.name, backend=b.name, adapter=str(adapter)
+                        "expert.adapter_not_applied", expert=self.name, backend=b.name, adapter=adapter
                     )
 
     def answer_metadata(self, text: str) -> Mapping[str, Any]:

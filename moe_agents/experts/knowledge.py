@@ -13,10 +13,9 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from ..backends.base import Backend, GenerationSettings
 from ..errors import ConfigError
 from ..types import Answer, Query
-from .base import ExpertCapability, LLMExpert, Scorer, Signal
+from .base import LLMExpert, Signal
 
 if TYPE_CHECKING:
     from ..backends.base import ChunkCallback
@@ -108,6 +107,7 @@ class Passage:
     text: str
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class KnowledgeExpert(LLMExpert):
     """Answers factual questions, citing passages retrieved from its documents.
 
@@ -121,20 +121,14 @@ class KnowledgeExpert(LLMExpert):
     and ``sources`` is empty.
 
     Args:
-        name: defaults to ``"knowledge"``.
-        backends: the models it may call.
-        system_prompt: replaces the default prompt.
-        exemplars: replace the default exemplars.
-        max_load: most concurrent calls.
-        timeout_s: per-call deadline in seconds.
-        settings: generation settings for every call.
-        capabilities: replace the default capability.
         documents: a ``Path`` is a UTF-8 text or markdown file to read; a ``str`` is the text itself.
-        encoder: embeds passages and requests; ``None`` uses the bundled all-MiniLM-L6-v2.
+        encoder: embeds passages and requests; ``None``: the bundled all-MiniLM-L6-v2.
         top_passages: passages quoted per request.
         passage_chars: the most characters per passage (a longer paragraph is split at sentences).
         min_score: passages less similar than this to the request are not quoted (0.25 suits
             all-MiniLM-L6-v2: related passages score 0.3–0.6, unrelated ones below 0.1).
+
+    It takes ``LLMExpert``'s arguments too (its name defaults to ``"knowledge"``).
 
     Raises:
         ConfigError: ``top_passages`` or ``passage_chars`` is out of range, or (from ``load``) a
@@ -187,68 +181,34 @@ class KnowledgeExpert(LLMExpert):
         ),
     )
 
-    def __init__(
-        self,
-        name: str | None = None,
-        *,
-        backends: Sequence[Backend] = (),
-        system_prompt: str | None = None,
-        exemplars: Sequence[str] | None = None,
-        max_load: int = 4,
-        timeout_s: float | None = 120.0,
-        settings: GenerationSettings | None = None,
-        capabilities: Sequence[ExpertCapability] | None = None,
-        price: float = 0.0,
-        scorer: Scorer | None = None,
-        context_tokens: int = 512,
-        documents: Sequence[str | Path] = (),
-        encoder: Encoder | None = None,
-        top_passages: int = 3,
-        passage_chars: int = 600,
-        min_score: float = 0.25,
-    ) -> None:
-        super().__init__(
-            name,
-            backends=backends,
-            system_prompt=system_prompt,
-            exemplars=exemplars,
-            max_load=max_load,
-            timeout_s=timeout_s,
-            settings=settings,
-            capabilities=capabilities,
-            price=price,
-            scorer=scorer,
-            context_tokens=context_tokens,
-        )
-        if isinstance(documents, (str, Path)):
+    documents: Sequence[str | Path] = ()
+    encoder: Encoder | None = None
+    top_passages: int = 3
+    passage_chars: int = 600
+    min_score: float = 0.25
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.documents, (str, Path)):
             raise ConfigError(f"expert {self.name!r}: documents must be a list of paths or texts, not one")
-        for doc in documents:
+        for doc in self.documents:
             if not isinstance(doc, (str, Path)):
                 raise ConfigError(
                     f"expert {self.name!r}: a document must be a str or Path, got {type(doc).__name__}"
                 )
-        if top_passages < 1:
-            raise ConfigError(f"expert {self.name!r}: top_passages must be >= 1, got {top_passages}")
-        if passage_chars < 50:
-            raise ConfigError(f"expert {self.name!r}: passage_chars must be >= 50, got {passage_chars}")
-        self.documents: tuple[str | Path, ...] = tuple(documents)
-        self.top_passages = top_passages
-        self.passage_chars = passage_chars
-        self.min_score = min_score
-        self._encoder = encoder
+        if self.top_passages < 1:
+            raise ConfigError(f"expert {self.name!r}: top_passages must be >= 1, got {self.top_passages}")
+        if self.passage_chars < 50:
+            raise ConfigError(f"expert {self.name!r}: passage_chars must be >= 50, got {self.passage_chars}")
+        self.documents = tuple(self.documents)
+        if self.encoder is None:
+            from ..routing.encoder import bundled_encoder
+
+            self.encoder = bundled_encoder()  # its weights load on the first encode
         self._passages: tuple[Passage, ...] | None = None
         self._vectors: np.ndarray | None = None  # (P, D)
         self._load_lock = anyio.Lock()
         self._limiter = anyio.CapacityLimiter(1)
-
-    @property
-    def encoder(self) -> Encoder:
-        """The encoder of passages and requests (the bundled one unless another was given)."""
-        if self._encoder is None:
-            from ..routing.encoder import bundled_encoder
-
-            self._encoder = bundled_encoder()
-        return self._encoder
 
     @property
     def passages(self) -> tuple[Passage, ...]:
@@ -278,7 +238,7 @@ class KnowledgeExpert(LLMExpert):
             vectors = None
             if passages:
                 texts = [p.text for p in passages]
-                vectors = await anyio.to_thread.run_sync(self.encoder.encode, texts, limiter=self._limiter)
+                vectors = await anyio.to_thread.run_sync(self._encode, texts, limiter=self._limiter)
             self._vectors = vectors
             self._passages = tuple(passages)
 
@@ -299,7 +259,7 @@ class KnowledgeExpert(LLMExpert):
         passages, vectors = self._passages, self._vectors
         if not passages or vectors is None:
             return []
-        query = await anyio.to_thread.run_sync(self.encoder.encode, [text], limiter=self._limiter)  # (1, D)
+        query = await anyio.to_thread.run_sync(self._encode, [text], limiter=self._limiter)  # (1, D)
         scores = vectors @ query[0]  # (P,)
         top = [
             i for i in np.argsort(-scores, kind="stable")[: self.top_passages] if scores[i] >= self.min_score
@@ -322,6 +282,10 @@ class KnowledgeExpert(LLMExpert):
             query = query.with_context("\n\n".join(parts))
         answer = await super().process(query, on_chunk=on_chunk)
         return replace(answer, metadata={**answer.metadata, "sources": sources})
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        assert self.encoder is not None  # set in __post_init__
+        return self.encoder.encode(texts)
 
     async def _read(self, path: Path) -> str:
         try:

@@ -7,7 +7,8 @@ structlog under its kind.
 
 Event kinds used by ``moe_agents.management``:
 
-- ``expert.registered``, ``expert.removed``, ``expert.replaced``, ``expert.disabled``
+- ``expert.registered``, ``expert.removed``, ``expert.replaced``, ``expert.disabled``,
+  ``expert.enabled``, ``expert.policy_changed`` (published by the pipeline's roster)
 - ``scale.up``, ``scale.down`` (see ``Decision.event_kind``)
 - ``health.unhealthy``, ``health.healthy`` (published by ``HealthMonitor``)
 
