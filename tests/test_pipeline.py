@@ -309,6 +309,22 @@ class TestAggregation:
         with pytest.raises(ConfigError, match="nobody"):
             make(aggregator=EnsembleAggregator(synthesis_expert="nobody"))
 
+    def test_experts_an_aggregator_names_are_checked_and_kept(self) -> None:
+        """Any aggregator's referenced experts must exist and cannot be removed while it names them."""
+
+        class Judged(VotingAggregator):
+            @property
+            def referenced_experts(self) -> dict[str, str]:
+                return {"judge": "talk"}
+
+        pipeline = make(aggregator=Judged())
+        with pytest.raises(ConfigError, match=r"cannot remove 'talk': aggregation\.judge names it"):
+            pipeline.remove("talk")
+        pipeline.remove("maths")
+        assert set(pipeline.experts) == {"coding", "talk"}
+        with pytest.raises(ConfigError, match="judge 'talk' is not an expert"):
+            Pipeline([Coder()], router=Router(encoder=HashingEncoder()), aggregator=Judged())
+
 
 class TestStream:
     async def test_single_expert_streams_chunks(self) -> None:
