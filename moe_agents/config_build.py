@@ -1,0 +1,455 @@
+"""Building a ``Pipeline`` from a validated ``PipelineSpec``: every object the file describes, and
+every failure translated into a ``ConfigError`` at the file, line and key that caused it."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .aggregators.base import Aggregator
+from .backends.base import Backend, GenerationSettings
+from .budget import BudgetConfig
+from .config_spec import (
+    ExpertSpec,
+    GuardSpec,
+    Loc,
+    ManagementSpec,
+    PipelineSpec,
+    dotted,
+    line_of,
+    located_error,
+)
+from .core.validation import check_references
+from .errors import ConfigError, MoEError
+from .experts.policy import ExpertPolicy
+from .inputs import InputLimits
+from .management import ABTest, HealthPolicy, RankingWeights, ScalingPolicy
+from .management.manager import ManagementConfig
+from .memory import MemoryConfig, MemoryStore
+from .pipeline import Pipeline
+from .registry import Registry, registry
+from .reliability import BreakerPolicy, GuardedBackend, RetryPolicy
+from .residency import GB, Residency, ResidencyConfig, ResidentBackend
+from .resources import BUNDLED_ENCODER
+from .routing.context import ContextConfig
+from .routing.encoder import Encoder, LiteLLMEncoder, SentenceEncoder, bundled_encoder
+from .routing.exemplars import read_exemplars_jsonl
+from .routing.gates import GateConfig, load_gate
+from .routing.momentum import MomentumConfig
+from .routing.permission import SelectConfig
+from .routing.router import Router, RouterConfig
+from .routing.rules import Rule
+from .routing.trust import TrustStore
+
+__all__ = ["build_pipeline"]
+
+
+def build_pipeline(
+    spec: PipelineSpec,
+    *,
+    path: Path | None = None,
+    lines: Mapping[Loc, int] | None = None,
+    backends: Mapping[str, Backend] | None = None,
+    registry: Registry = registry,
+) -> Pipeline:
+    """Builds a ``Pipeline`` from a validated spec (see ``load_pipeline``)."""
+    builder = _Builder(spec, path, dict(lines or {}), dict(backends or {}), registry)
+    return builder.pipeline()
+
+
+class _Builder:
+    """Turns a spec into objects, translating every failure into a located ``ConfigError``."""
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        path: Path | None,
+        lines: dict[Loc, int],
+        given: dict[str, Backend],
+        registry: Registry,
+    ) -> None:
+        self.spec, self.path, self.lines, self.registry = spec, path, lines, registry
+        self.base = path.parent if path is not None else Path.cwd()
+        self.named: dict[str, Backend] = dict(given)
+        self.by_spec: dict[str, Backend] = {}
+        self.residency = self._residency()
+
+    def _residency(self) -> Residency | None:
+        r = self.spec.resources
+        if r.memory_budget_gb is None:
+            return None
+        trust = self.spec.trust
+        return Residency(
+            ResidencyConfig(
+                budget_bytes=int(r.memory_budget_gb * GB),
+                hysteresis=trust.hysteresis if trust is not None else SelectConfig().hysteresis,
+                bandwidth_bytes_per_s=r.bandwidth_gb_s * GB,
+                swap_cost_weight=r.swap_cost_weight,
+                swap_budget_s=r.swap_budget_s,
+            )
+        )
+
+    def local(self, path: str) -> str:
+        """``path`` relative to the YAML file when it exists there, else as written."""
+        return str(self.base / path) if path.strip() and (self.base / path).exists() else path
+
+    def error(self, message: str, loc: Loc) -> ConfigError:
+        return ConfigError(message, path=self.path, line=line_of(self.lines, loc), key=dotted(loc))
+
+    def pipeline(self) -> Pipeline:
+        for name, raw in self.spec.backends.items():
+            if name not in self.named:
+                self.named[name] = self.backend(raw, ("backends", name))
+        encoder = self.encoder()
+        experts = [self.expert(e, i, encoder) for i, e in enumerate(self.spec.experts)]
+        names = [e.name for e in experts]
+        aggregator, management = self.aggregator(), self.management()
+        try:  # before the stores and files the router and memory open
+            check_references(
+                names,
+                routed=[e.name for e in self.spec.experts if e.routed],
+                top_k=self.spec.router.top_k,
+                fallback_expert=self.spec.router.fallback_expert,
+                referenced=aggregator.referenced_experts,
+                ab_tests=management.ab_tests if management is not None else (),
+            )
+        except ConfigError as exc:
+            raise self.error(exc.message, _loc(exc.key)) from None
+        trust = self.spec.trust if self.spec.trust is not None and self.spec.trust.enabled else None
+        budget = None
+        if trust is not None:
+            b = trust.budget
+            budget = BudgetConfig(usd=b.usd, tokens=b.tokens, cheap_price=b.cheap_price)
+        rt = self.spec.runtime
+        try:
+            pipeline = Pipeline(
+                experts,
+                router=self.router(encoder, names),
+                aggregator=aggregator,
+                budget=budget,
+                limits=InputLimits(**self.spec.limits.model_dump()),
+                request_timeout_s=rt.request_timeout_s,
+                max_concurrency=rt.max_concurrency,
+                max_queue=rt.max_queue,
+                memory=self.memory(encoder),
+                management=management,
+            )
+        except ConfigError as exc:
+            if exc.path is not None:
+                raise
+            raise self.error(exc.message, _loc(exc.key) if exc.key else ("runtime",)) from None
+        for i, e in enumerate(self.spec.experts):
+            if not e.routed:
+                try:
+                    pipeline.disable(e.name, "not routed: called by the aggregator only")
+                except ConfigError as exc:
+                    raise self.error(exc.message, ("experts", i, "routed")) from None
+        return pipeline
+
+    def management(self) -> ManagementConfig | None:
+        m, tests = self.spec.management, self.spec.ab_tests
+        if m == ManagementSpec() and not tests:
+            return None
+        parts: list[tuple[str, Any]] = [("ranking", RankingWeights), ("scaling", ScalingPolicy)]
+        built: dict[str, Any] = {}
+        for key, cls in [*parts, ("health", HealthPolicy)]:
+            raw = getattr(m, key)
+            if raw is None:
+                continue
+            try:
+                built[key] = cls(**raw)
+            except TypeError as exc:
+                raise self.error(f"invalid option: {exc}", ("management", key)) from None
+            except ConfigError as exc:
+                raise self.error(exc.message, ("management", key)) from None
+        try:
+            return ManagementConfig(
+                auto_scale=m.auto_scale,
+                remove_underperforming=m.remove_underperforming,
+                interval_s=m.interval_s,
+                ab_tests=tuple(
+                    ABTest(t.name, t.control, t.treatment, fraction=t.fraction, seed=t.seed) for t in tests
+                ),
+                **built,
+            )
+        except ConfigError as exc:
+            raise self.error(exc.message, ("ab_tests",)) from None
+
+    def memory(self, encoder: Encoder) -> MemoryStore | None:
+        m = self.spec.memory
+        if m is None:
+            return None
+        path = None if m.path is None else m.path if m.path == ":memory:" else _relative(m.path, self.base)
+        try:
+            config = MemoryConfig(
+                path,
+                m.recent_turns,
+                m.recall_k,
+                tuple(m.weights),  # type: ignore[arg-type]
+                similarity_threshold=m.similarity_threshold,
+                same_expert=m.same_expert,
+            )
+            return MemoryStore(config, encoder=encoder)
+        except MoEError as exc:
+            raise self.error(str(exc), ("memory",)) from None
+
+    def trust(self) -> tuple[TrustStore | None, SelectConfig, ContextConfig, int | None]:
+        t = self.spec.trust
+        if t is None or not t.enabled:
+            return None, SelectConfig(), ContextConfig(), None
+        try:
+            select = SelectConfig(
+                min_evidence=t.min_evidence,
+                epsilon=t.epsilon,
+                low_trust_threshold=t.low_trust_threshold,
+                hysteresis=t.hysteresis,
+                cost_weight=t.cost_weight,
+                capable=t.capable,
+            )
+            c = t.context
+            context = ContextConfig(kind=c.kind, clusters=c.clusters, online=c.online, seed=c.seed)  # type: ignore[arg-type]
+        except ConfigError as exc:
+            raise self.error(exc.message, ("trust",)) from None
+        path = None if t.path is None else t.path if t.path == ":memory:" else _relative(t.path, self.base)
+        try:
+            store = TrustStore(path, decay=t.decay, prior=t.prior)
+        except MoEError as exc:
+            raise self.error(str(exc), ("trust", "path")) from None
+        return store, select, context, t.seed
+
+    def router(self, encoder: Encoder, names: Sequence[str]) -> Router:
+        r = self.spec.router
+        for i, rule in enumerate(r.rules):
+            unknown = [e for e in rule.experts if e not in names]
+            if unknown:
+                raise self.error(
+                    f"rule names unknown experts {unknown}; experts: {list(names)}", ("router", "rules", i)
+                )
+        store, select, context, seed = self.trust()
+        try:
+            gate_config = GateConfig(**r.gate)
+            config = RouterConfig(
+                top_k=r.top_k,
+                min_confidence=r.min_confidence,
+                gate_weight=r.gate_weight,
+                fallback_expert=r.fallback_expert,
+                assess_top=max(r.assess_top, r.top_k),
+                gate=gate_config,
+                selection=select,
+                context=context,
+                seed=seed,
+                momentum=MomentumConfig(**r.momentum),
+            )
+            rules = [Rule(rule.pattern, tuple(rule.experts), rule.name) for rule in r.rules]
+        except TypeError as exc:
+            where = "momentum" if "MomentumConfig" in str(exc) else "gate"
+            raise self.error(f"invalid {where} option: {exc}", ("router", where)) from None
+        except ConfigError as exc:
+            raise self.error(exc.message, ("router",)) from None
+        exemplars: dict[str, list[str]] = {}
+        if r.exemplars_file is not None:
+            try:
+                pairs = read_exemplars_jsonl(self.base / r.exemplars_file)
+            except ConfigError as exc:
+                if exc.line is not None:
+                    raise  # names the bad line of the exemplars file
+                raise self.error(exc.message, ("router", "exemplars_file")) from exc
+            for text, expert in pairs:
+                if expert not in names:
+                    raise self.error(
+                        f"{r.exemplars_file}: exemplar for unknown expert {expert!r}; experts: {list(names)}",
+                        ("router", "exemplars_file"),
+                    )
+                exemplars.setdefault(expert, []).append(text)
+        gate = None
+        if r.gate_path is not None:
+            try:
+                gate = load_gate(self.base / r.gate_path, encoder=encoder.name)
+            except ConfigError as exc:
+                raise self.error(exc.message, ("router", "gate_path")) from None
+        return Router(
+            config,
+            encoder=encoder,
+            rules=rules,
+            gate=gate,
+            exemplars=exemplars,
+            trust=store,
+            residency=self.residency,
+        )
+
+    def encoder(self) -> Encoder:
+        enc = self.spec.router.encoder
+        if enc == BUNDLED_ENCODER:
+            return bundled_encoder()
+        if enc.startswith("litellm:"):
+            return LiteLLMEncoder(enc.removeprefix("litellm:"))
+        return SentenceEncoder(_relative(enc, self.base))
+
+    def backend(self, raw: Mapping[str, Any], loc: Loc) -> Backend:
+        kind_name = raw.get("kind")
+        if not isinstance(kind_name, str):
+            raise self.error(f"a backend needs `kind:` (known: {self.registry.backends.known()})", loc)
+        try:
+            kind = self.registry.backends.get(kind_name)
+        except ConfigError as exc:
+            raise self.error(exc.message, (*loc, "kind")) from None
+        options = dict(raw)
+        try:
+            guard_spec = GuardSpec.model_validate(
+                {k: options.pop(k) for k in ("retry", "circuit") if k in options}
+            )
+        except ValidationError as exc:
+            raise located_error(exc, self.path, self.lines, dict(raw), loc) from exc
+        try:
+            spec = kind.spec.model_validate(options)
+        except ValidationError as exc:
+            raise located_error(exc, self.path, self.lines, dict(raw), loc) from exc
+        if kind_name == "transformers":
+            paths = {k: getattr(spec, k, None) for k in ("model", "adapter")}
+            spec = spec.model_copy(update={k: self.local(v) for k, v in paths.items() if isinstance(v, str)})
+        key = spec.model_dump_json() + guard_spec.model_dump_json()
+        if key not in self.by_spec:  # identical specs share one backend (one model load)
+            try:
+                built = kind.build(spec)
+                residency = self.residency if kind_name == "transformers" else None
+                if residency is not None:
+                    built = ResidentBackend(built, residency)  # loaded on demand, within the budget
+                self.by_spec[key] = GuardedBackend(
+                    built,
+                    retry=RetryPolicy(**guard_spec.retry.model_dump()),
+                    breaker=BreakerPolicy(**guard_spec.circuit.model_dump()),
+                    residency=residency,
+                )
+            except (TypeError, ValueError, ConfigError) as exc:
+                message = exc.message if isinstance(exc, ConfigError) else str(exc)
+                raise self.error(f"cannot build backend: {message}", loc) from exc
+        return self.by_spec[key]
+
+    def expert(self, spec: ExpertSpec, index: int, encoder: Encoder) -> Any:
+        loc: Loc = ("experts", index)
+        try:
+            cls = self.registry.experts.get(spec.kind)
+        except ConfigError as exc:
+            raise self.error(exc.message, (*loc, "kind")) from None
+        backends: list[Backend] = []
+        for j, ref in enumerate(spec.backends):
+            if isinstance(ref, str):
+                if ref not in self.named:
+                    raise self.error(
+                        f"unknown backend {ref!r}; named backends: {sorted(self.named)}",
+                        (*loc, "backends", j),
+                    )
+                backends.append(self.named[ref])
+            else:
+                backends.append(self.backend(ref, (*loc, "backends", j)))
+        policy = self.policy(spec, loc)
+        kwargs: dict[str, Any] = {"name": spec.name}
+        if spec.adapter is not None:
+            kwargs["adapter"] = self.local(spec.adapter)
+        if backends:
+            kwargs["backends"] = backends
+        if spec.system_prompt is not None:
+            kwargs["system_prompt"] = spec.system_prompt
+        if spec.exemplars is not None:
+            kwargs["exemplars"] = spec.exemplars
+        if spec.settings is not None:
+            s = spec.settings
+            kwargs["settings"] = GenerationSettings(
+                s.max_tokens, s.temperature, s.top_p, tuple(s.stop) if s.stop is not None else None
+            )
+        if spec.documents is not None:
+            docs: list[Path | str] = []
+            for j, d in enumerate(spec.documents):
+                try:
+                    docs.append(d if isinstance(d, str) else d.resolve(self.base))
+                except ValueError as exc:
+                    raise self.error(str(exc), (*loc, "documents", j)) from None
+            kwargs["documents"] = docs
+        params = inspect.signature(cls).parameters
+        if "encoder" in params and "encoder" not in spec.options:
+            kwargs["encoder"] = encoder
+        accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        if "policy" in params or accepts_any:
+            kwargs["policy"] = policy
+        kwargs.update(spec.options)
+        unknown = [k for k in kwargs if k not in params and not accepts_any]
+        if unknown:
+            field = unknown[0]
+            where = (*loc, "options", field) if field in spec.options else (*loc, field)
+            raise self.error(
+                f"expert kind {spec.kind!r} does not accept {field!r}; it accepts: "
+                f"{sorted(p for p in params if p != 'self')}",
+                where,
+            )
+        try:
+            expert = cls(**kwargs)
+        except (TypeError, ValueError, ConfigError) as exc:
+            message = exc.message if isinstance(exc, ConfigError) else str(exc)
+            raise self.error(f"cannot build expert {spec.name!r}: {message}", loc) from exc
+        if "policy" not in kwargs:  # a kind that takes no policy gets it as the pipeline's
+            expert.policy = policy
+        return expert
+
+    def policy(self, spec: ExpertSpec, loc: Loc) -> ExpertPolicy:
+        scorer = None
+        if spec.scorer is not None:
+            try:
+                scorer = self.registry.scorers.get(spec.scorer)
+            except ConfigError as exc:
+                raise self.error(exc.message, (*loc, "scorer")) from None
+        context_tokens = ExpertPolicy().context_tokens if spec.context_tokens is None else spec.context_tokens
+        try:
+            return ExpertPolicy(
+                max_load=spec.max_load,
+                timeout_s=spec.timeout_s,
+                price=spec.price,
+                scorer=scorer,
+                context_tokens=context_tokens,
+            )
+        except ConfigError as exc:
+            raise self.error(exc.message, loc) from None
+
+    def aggregator(self) -> Aggregator:
+        agg = self.spec.aggregation
+        try:
+            cls = self.registry.aggregators.get(agg.strategy)
+        except ConfigError as exc:
+            raise self.error(exc.message, ("aggregation", "strategy")) from None
+        kwargs = dict(agg.options)
+        if agg.synthesis_expert is not None:
+            if "synthesis_expert" not in inspect.signature(cls).parameters:
+                raise self.error(
+                    f"strategy {agg.strategy!r} takes no synthesis_expert",
+                    ("aggregation", "synthesis_expert"),
+                )
+            kwargs["synthesis_expert"] = agg.synthesis_expert
+        params = inspect.signature(cls).parameters
+        for key in agg.options:
+            if key not in params:
+                raise self.error(
+                    f"strategy {agg.strategy!r} does not accept {key!r}; it accepts: "
+                    f"{sorted(p for p in params if p != 'self')}",
+                    ("aggregation", "options", key),
+                )
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError, ConfigError) as exc:
+            message = exc.message if isinstance(exc, ConfigError) else str(exc)
+            raise self.error(f"cannot build strategy {agg.strategy!r}: {message}", ("aggregation",)) from exc
+
+
+def _loc(key: str | None) -> Loc:
+    """The key path of a dotted key (``ab_tests.0.control``)."""
+    if not key:
+        return ()
+    return tuple(int(part) if part.isdigit() else part for part in key.split("."))
+
+
+def _relative(value: str, base: Path) -> str:
+    if value.startswith("pkg:") or Path(value).expanduser().is_absolute():
+        return value
+    return str(base / value)
