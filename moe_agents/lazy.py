@@ -57,9 +57,14 @@ def transformers_names(*names: str) -> tuple[Any, ...]:
 
 
 @contextmanager
-def quiet_loading() -> Iterator[None]:
+def quiet_loading(*, converts_gguf: bool = False) -> Iterator[None]:
     """Hides transformers' progress bars while a model loads, unless this library's INFO events are
-    enabled; the previous setting is restored when the last concurrent load ends."""
+    enabled; the previous setting is restored when the last concurrent load ends.
+
+    Args:
+        converts_gguf: the load dequantises a GGUF file, so the converter's own bar is hidden too
+            (its module costs seconds to import, so it is touched only then).
+    """
     global _quiet_depth, _bars_were_disabled, _gguf_tqdm
     if logging.getLogger("moe_agents").isEnabledFor(logging.INFO):
         yield
@@ -69,6 +74,7 @@ def quiet_loading() -> Iterator[None]:
         if _quiet_depth == 0:
             _bars_were_disabled = hf_logging.is_progress_bar_enabled() is False
             hf_logging.disable_progress_bar()
+        if converts_gguf and _gguf_tqdm is None:
             _gguf_tqdm = _gguf_module().tqdm
             _gguf_module().tqdm = partial(_gguf_tqdm, disable=True)
         _quiet_depth += 1
@@ -78,7 +84,8 @@ def quiet_loading() -> Iterator[None]:
         with _QUIET_LOCK:
             _quiet_depth -= 1
             if _quiet_depth == 0:
-                _gguf_module().tqdm = _gguf_tqdm
+                if _gguf_tqdm is not None:
+                    _gguf_module().tqdm, _gguf_tqdm = _gguf_tqdm, None
                 if not _bars_were_disabled:
                     hf_logging.enable_progress_bar()
 

@@ -228,7 +228,7 @@ class TransformersBackend:
             )
             started = time.perf_counter()
             try:
-                with quiet_loading():
+                with quiet_loading(converts_gguf=self.needs_preparation()):
                     state = await anyio.to_thread.run_sync(load_model, spec, self._cache_entry)
             except MoEError:
                 raise
