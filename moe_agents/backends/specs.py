@@ -24,7 +24,9 @@ class BackendKind:
 class LiteLLMSpec(BaseModel):
     """``kind: litellm``: any provider litellm supports (``openai/gpt-4o-mini``, ``ollama/llama3``...).
 
-    Fields are ``LiteLLMBackend``'s constructor arguments."""
+    Fields are ``LiteLLMBackend``'s constructor arguments. ``num_retries`` (litellm's own retries)
+    stays 0 behind a guard, which every YAML backend has: the guard's ``retry:`` policy retries
+    instead, so a failing call is tried at most ``retry.attempts`` times."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -35,7 +37,7 @@ class LiteLLMSpec(BaseModel):
     temperature: float | None = None
     max_tokens: int | None = Field(default=None, gt=0)
     timeout_s: float | None = Field(default=None, gt=0)
-    num_retries: int = Field(default=2, ge=0)
+    num_retries: int = Field(default=0, ge=0)
     modalities: list[str] = []
     params: dict[str, Any] = {}
 
