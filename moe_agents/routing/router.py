@@ -100,6 +100,13 @@ class RouterConfig:
             raise ConfigError(f"router.min_confidence must be in [0, 1], got {self.min_confidence}")
         if self.assess_top < self.top_k:
             raise ConfigError(f"router.assess_top ({self.assess_top}) must be >= top_k ({self.top_k})")
+        if not 0.0 <= self.overload_penalty <= 1.0:
+            raise ConfigError(f"router.overload_penalty must be in [0, 1], got {self.overload_penalty}")
+        if self.cache_size < 0 or self.max_batch < 1 or not self.batch_window_s >= 0.0:
+            raise ConfigError(
+                "router.cache_size must be >= 0, max_batch >= 1 and batch_window_s >= 0; got "
+                f"{self.cache_size}, {self.max_batch}, {self.batch_window_s}"
+            )
 
 
 def gate_cache_dir(config: RouterConfig | None = None) -> Path | None:

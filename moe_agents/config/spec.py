@@ -10,15 +10,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .budget import BudgetConfig
-from .continuity import THRESHOLD as CONTINUE_THRESHOLD
-from .errors import ConfigError
-from .inputs import InputLimits
-from .reliability import BreakerPolicy, RetryPolicy
-from .resources import BUNDLED_ENCODER
-from .routing.context import ContextConfig
-from .routing.permission import SelectConfig
-from .routing.router import RouterConfig
+from ..budget import BudgetConfig
+from ..continuity import THRESHOLD as CONTINUE_THRESHOLD
+from ..errors import ConfigError
+from ..inputs import InputLimits
+from ..reliability import BreakerPolicy, RetryPolicy
+from ..resources import BUNDLED_ENCODER
+from ..routing.context import ContextConfig
+from ..routing.permission import SelectConfig
+from ..routing.router import RouterConfig
 
 __all__ = [
     "ABTestSpec",
@@ -74,6 +74,11 @@ class RouterSpec(_Spec):
     gate_weight: float = Field(default=_ROUTER.gate_weight, ge=0.0, le=1.0)
     fallback_expert: str | None = None
     assess_top: int = Field(default=_ROUTER.assess_top, ge=1)
+    overload_penalty: float = Field(default=_ROUTER.overload_penalty, ge=0.0, le=1.0)
+    cache_size: int = Field(default=_ROUTER.cache_size, ge=0)
+    batch_window_s: float = Field(default=_ROUTER.batch_window_s, ge=0.0)
+    max_batch: int = Field(default=_ROUTER.max_batch, ge=1)
+    gate_cache_dir: str | None = _ROUTER.gate_cache_dir
     gate: dict[str, Any] = {}
     gate_path: str | None = None
     exemplars_file: str | None = None

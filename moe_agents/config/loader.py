@@ -39,7 +39,7 @@ the YAML file when they exist there.
 Strings may contain ``${ENV_VAR}`` or ``${ENV_VAR:-default}``; a missing variable is an error.
 An expert with ``routed: false`` is never chosen by routing, only called by the aggregator (as
 ``synthesis_expert``). The seed plan's shape, a single top-level ``moe:`` mapping, is translated
-into these keys first (``moe_agents.config_seed``).
+into these keys first (``moe_agents.config.seed``).
 """
 
 from __future__ import annotations
@@ -53,10 +53,13 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from .backends.base import Backend
-from .config_build import build_pipeline
-from .config_seed import Shape, translate
-from .config_spec import (
+from ..backends.base import Backend
+from ..errors import ConfigError
+from ..pipeline import Pipeline
+from ..registry import Registry, registry
+from .build import build_pipeline
+from .seed import Shape, translate
+from .spec import (
     AggregationSpec,
     DocumentSpec,
     ExpertSpec,
@@ -69,9 +72,6 @@ from .config_spec import (
     dotted,
     located_error,
 )
-from .errors import ConfigError
-from .pipeline import Pipeline
-from .registry import Registry, registry
 
 __all__ = [
     "AggregationSpec",
@@ -93,7 +93,7 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 def default_config_path() -> Path:
     """The offline default pipeline shipped with the package (five experts on SmolLM2)."""
-    return Path(__file__).parent / "configs" / "default.yaml"
+    return Path(__file__).parents[1] / "configs" / "default.yaml"
 
 
 def read_config(path: str | Path) -> tuple[PipelineSpec, dict[Loc, int]]:

@@ -43,10 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .logging import get_logger
-from .registry import Registry
-from .resources import BUNDLED_ENCODER
+from ..errors import ConfigError
+from ..logging import get_logger
+from ..registry import Registry
+from ..resources import BUNDLED_ENCODER
 
 __all__ = ["ROUTER_TYPES", "SEED_KEY", "Shape", "translate"]
 

@@ -10,10 +10,31 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .aggregators.base import Aggregator
-from .backends.base import Backend, GenerationSettings
-from .budget import BudgetConfig
-from .config_spec import (
+from ..aggregators.base import Aggregator
+from ..backends.base import Backend, GenerationSettings
+from ..budget import BudgetConfig
+from ..core.validation import check_references
+from ..errors import ConfigError, MoEError
+from ..experts.policy import ExpertPolicy
+from ..inputs import InputLimits
+from ..management import ABTest, HealthPolicy, RankingWeights, ScalingPolicy
+from ..management.manager import ManagementConfig
+from ..memory import MemoryConfig, MemoryStore
+from ..pipeline import Pipeline
+from ..registry import Registry, registry
+from ..reliability import BreakerPolicy, GuardedBackend, RetryPolicy
+from ..residency import GB, Residency, ResidencyConfig, ResidentBackend
+from ..resources import BUNDLED_ENCODER
+from ..routing.context import ContextConfig
+from ..routing.encoder import Encoder, LiteLLMEncoder, SentenceEncoder, bundled_encoder
+from ..routing.exemplars import read_exemplars_jsonl
+from ..routing.gates import GateConfig, load_gate
+from ..routing.momentum import MomentumConfig
+from ..routing.permission import SelectConfig
+from ..routing.router import Router, RouterConfig
+from ..routing.rules import Rule
+from ..routing.trust import TrustStore
+from .spec import (
     ExpertSpec,
     GuardSpec,
     Loc,
@@ -23,27 +44,6 @@ from .config_spec import (
     line_of,
     located_error,
 )
-from .core.validation import check_references
-from .errors import ConfigError, MoEError
-from .experts.policy import ExpertPolicy
-from .inputs import InputLimits
-from .management import ABTest, HealthPolicy, RankingWeights, ScalingPolicy
-from .management.manager import ManagementConfig
-from .memory import MemoryConfig, MemoryStore
-from .pipeline import Pipeline
-from .registry import Registry, registry
-from .reliability import BreakerPolicy, GuardedBackend, RetryPolicy
-from .residency import GB, Residency, ResidencyConfig, ResidentBackend
-from .resources import BUNDLED_ENCODER
-from .routing.context import ContextConfig
-from .routing.encoder import Encoder, LiteLLMEncoder, SentenceEncoder, bundled_encoder
-from .routing.exemplars import read_exemplars_jsonl
-from .routing.gates import GateConfig, load_gate
-from .routing.momentum import MomentumConfig
-from .routing.permission import SelectConfig
-from .routing.router import Router, RouterConfig
-from .routing.rules import Rule
-from .routing.trust import TrustStore
 
 __all__ = ["build_pipeline"]
 
@@ -238,6 +238,11 @@ class _Builder:
                 gate_weight=r.gate_weight,
                 fallback_expert=r.fallback_expert,
                 assess_top=max(r.assess_top, r.top_k),
+                overload_penalty=r.overload_penalty,
+                cache_size=r.cache_size,
+                batch_window_s=r.batch_window_s,
+                max_batch=r.max_batch,
+                gate_cache_dir=r.gate_cache_dir,
                 gate=gate_config,
                 selection=select,
                 context=context,
