@@ -10,6 +10,7 @@ import pytest
 
 from moe_agents import ConfigError, load_pipeline
 from moe_agents.config import RouterSpec
+from moe_agents.residency import GB
 from moe_agents.routing import RouterConfig
 from moe_agents.routing.context import ContextConfig
 from moe_agents.routing.gates import GateConfig
@@ -100,3 +101,60 @@ class TestRouterRoundTrip:
             _load(tmp_path, {"overload_penalty": 2.0})
         with pytest.raises(ConfigError, match="max_batch"):
             _load(tmp_path, {"max_batch": 0})
+
+
+# section spec → the frozen config it builds, and how its keys are named there when they differ
+MIRRORS = [
+    ("RetrySpec", "moe_agents.reliability", "RetryPolicy", {}),
+    ("CircuitSpec", "moe_agents.reliability", "BreakerPolicy", {}),
+    ("LimitsSpec", "moe_agents.inputs", "InputLimits", {}),
+    ("ContextSpec", "moe_agents.routing.context", "ContextConfig", {}),
+    ("BudgetSpec", "moe_agents.budget", "BudgetConfig", {}),
+    ("TrustSpec", "moe_agents.routing.permission", "SelectConfig", {}),
+    ("MemorySpec", "moe_agents.memory", "MemoryConfig", {}),
+    (
+        "ResourcesSpec",
+        "moe_agents.residency",
+        "ResidencyConfig",
+        # budget_bytes and bandwidth are given in GB in YAML; hysteresis is trust's (one value)
+        {"budget_bytes": "memory_budget_gb", "bandwidth_bytes_per_s": "bandwidth_gb_s", "hysteresis": None},
+    ),
+]
+
+
+def _default(f: dataclasses.Field[object]) -> object:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+class TestSchemaMatchesTheDataclasses:
+    @pytest.mark.parametrize(
+        ("spec_name", "module", "config_name", "renamed"), MIRRORS, ids=[m[0] for m in MIRRORS]
+    )
+    def test_every_field_is_settable_with_the_same_default(
+        self, spec_name: str, module: str, config_name: str, renamed: dict[str, str | None]
+    ) -> None:
+        """Each field of the frozen config has its YAML key, and the key's default is the field's."""
+        import importlib
+
+        from moe_agents.config import spec
+
+        schema = getattr(spec, spec_name)
+        config = getattr(importlib.import_module(module), config_name)
+        for f in dataclasses.fields(config):
+            key = renamed.get(f.name, f.name)
+            if key is None:
+                continue
+            assert key in schema.model_fields, f"{config_name}.{f.name} cannot be set from YAML"
+            default, yaml_default = _default(f), schema.model_fields[key].default
+            if default is dataclasses.MISSING:
+                continue  # a required field (the residency budget): no default to agree on
+            if f.name == "bandwidth_bytes_per_s":
+                yaml_default = yaml_default * GB
+            if isinstance(yaml_default, list):
+                yaml_default = tuple(yaml_default)
+            expected = pytest.approx(default) if isinstance(default, float) else default
+            assert yaml_default == expected, f.name

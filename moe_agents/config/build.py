@@ -90,6 +90,8 @@ class _Builder:
                 bandwidth_bytes_per_s=r.bandwidth_gb_s * GB,
                 swap_cost_weight=r.swap_cost_weight,
                 swap_budget_s=r.swap_budget_s,
+                swap_window_s=r.swap_window_s,
+                wait_s=r.wait_s,
             )
         )
 
@@ -123,7 +125,9 @@ class _Builder:
         budget = None
         if trust is not None:
             b = trust.budget
-            budget = BudgetConfig(usd=b.usd, tokens=b.tokens, cheap_price=b.cheap_price)
+            budget = BudgetConfig(
+                usd=b.usd, tokens=b.tokens, cheap_price=b.cheap_price, max_sessions=b.max_sessions
+            )
         rt = self.spec.runtime
         try:
             pipeline = Pipeline(

@@ -4,6 +4,7 @@ file, line and key (see ``moe_agents.config`` for the format)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from ..continuity import THRESHOLD as CONTINUE_THRESHOLD
 from ..errors import ConfigError
 from ..inputs import InputLimits
 from ..reliability import BreakerPolicy, RetryPolicy
+from ..residency import GB, ResidencyConfig
 from ..resources import BUNDLED_ENCODER
 from ..routing.context import ContextConfig
 from ..routing.permission import SelectConfig
@@ -106,6 +108,7 @@ class BudgetSpec(_Spec):
     usd: float | None = Field(default=None, ge=0.0)
     tokens: int | None = Field(default=None, ge=0)
     cheap_price: float = Field(default=_BUDGET.cheap_price, ge=0.0)
+    max_sessions: int = Field(default=_BUDGET.max_sessions, ge=1)
 
 
 class TrustSpec(_Spec):
@@ -126,13 +129,18 @@ class TrustSpec(_Spec):
     seed: int | None = None
 
 
+_RESIDENCY = {f.name: f for f in dataclasses.fields(ResidencyConfig)}  # it has no default budget
+
+
 class ResourcesSpec(_Spec):
     """``resources:``: memory for local models (``transformers`` backends)."""
 
     memory_budget_gb: float | None = Field(default=None, gt=0.0)
-    bandwidth_gb_s: float = Field(default=1.0, gt=0.0)
+    bandwidth_gb_s: float = Field(default=_RESIDENCY["bandwidth_bytes_per_s"].default / GB, gt=0.0)
     swap_cost_weight: float = Field(default=1.0, ge=0.0)
     swap_budget_s: float | None = Field(default=None, ge=0.0)
+    swap_window_s: float = Field(default=_RESIDENCY["swap_window_s"].default, gt=0.0)
+    wait_s: float | None = Field(default=_RESIDENCY["wait_s"].default, ge=0.0)
 
 
 _RETRY = RetryPolicy()
