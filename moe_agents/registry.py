@@ -96,9 +96,20 @@ def register_expert(kind: str, cls: type[Expert]) -> None:
     registry.experts.add(kind, cls)
 
 
-def register_backend(kind: str, spec: type[BaseModel], build: Callable[[Any], Backend]) -> None:
-    """Makes ``kind: <kind>`` under ``backends:`` validate its options with ``spec``, built by ``build``."""
-    registry.backends.add(kind, BackendKind(spec, build))
+def register_backend(
+    kind: str,
+    spec: type[BaseModel],
+    build: Callable[[Any], Backend],
+    *,
+    local_paths: tuple[str, ...] = (),
+    resident: bool = False,
+) -> None:
+    """Makes ``kind: <kind>`` under ``backends:`` validate its options with ``spec``, built by ``build``.
+
+    ``local_paths`` names the options that are files or folders (resolved relative to the YAML
+    file); ``resident`` puts the backend under ``resources:`` (loaded and evicted within the budget).
+    """
+    registry.backends.add(kind, BackendKind(spec, build, local_paths=local_paths, resident=resident))
 
 
 def register_aggregator(name: str, cls: type[Aggregator]) -> None:

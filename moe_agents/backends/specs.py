@@ -15,10 +15,21 @@ __all__ = ["BUILTIN_BACKENDS", "BackendKind", "LiteLLMSpec", "ReplaySpec", "Tran
 
 @dataclass(frozen=True, slots=True)
 class BackendKind:
-    """How to build a backend kind: a pydantic model of its YAML options and a factory."""
+    """How to build a backend kind: a pydantic model of its YAML options and a factory.
+
+    Attributes:
+        spec: the pydantic model of its YAML options.
+        build: makes the backend from a validated spec.
+        local_paths: options naming files or folders, resolved relative to the YAML file when they
+            exist there.
+        resident: its weights live in this process, so ``resources:`` loads and evicts it within
+            the memory budget.
+    """
 
     spec: type[BaseModel]
     build: Callable[[Any], Backend]
+    local_paths: tuple[str, ...] = ()
+    resident: bool = False
 
 
 class LiteLLMSpec(BaseModel):
@@ -106,6 +117,8 @@ def _replay(spec: ReplaySpec) -> Backend:
 
 BUILTIN_BACKENDS = {
     "litellm": BackendKind(LiteLLMSpec, _litellm),
-    "transformers": BackendKind(TransformersSpec, _transformers),
+    "transformers": BackendKind(
+        TransformersSpec, _transformers, local_paths=("model", "adapter"), resident=True
+    ),
     "replay": BackendKind(ReplaySpec, _replay),
 }

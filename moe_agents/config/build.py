@@ -317,14 +317,14 @@ class _Builder:
             spec = kind.spec.model_validate(options)
         except ValidationError as exc:
             raise located_error(exc, self.path, self.lines, dict(raw), loc) from exc
-        if kind_name == "transformers":
-            paths = {k: getattr(spec, k, None) for k in ("model", "adapter")}
+        if kind.local_paths:
+            paths = {k: getattr(spec, k, None) for k in kind.local_paths}
             spec = spec.model_copy(update={k: self.local(v) for k, v in paths.items() if isinstance(v, str)})
         key = spec.model_dump_json() + guard_spec.model_dump_json()
         if key not in self.by_spec:  # identical specs share one backend (one model load)
             try:
                 built = kind.build(spec)
-                residency = self.residency if kind_name == "transformers" else None
+                residency = self.residency if kind.resident else None
                 if residency is not None:
                     built = ResidentBackend(built, residency)  # loaded on demand, within the budget
                 self.by_spec[key] = GuardedBackend(

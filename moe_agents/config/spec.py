@@ -4,7 +4,6 @@ file, line and key (see ``moe_agents.config`` for the format)."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -129,18 +128,18 @@ class TrustSpec(_Spec):
     seed: int | None = None
 
 
-_RESIDENCY = {f.name: f for f in dataclasses.fields(ResidencyConfig)}  # it has no default budget
+_RESIDENCY = ResidencyConfig(budget_bytes=1)  # the budget has no default; the other fields do
 
 
 class ResourcesSpec(_Spec):
     """``resources:``: memory for local models (``transformers`` backends)."""
 
     memory_budget_gb: float | None = Field(default=None, gt=0.0)
-    bandwidth_gb_s: float = Field(default=_RESIDENCY["bandwidth_bytes_per_s"].default / GB, gt=0.0)
-    swap_cost_weight: float = Field(default=1.0, ge=0.0)
+    bandwidth_gb_s: float = Field(default=_RESIDENCY.bandwidth_bytes_per_s / GB, gt=0.0)
+    swap_cost_weight: float = Field(default=_RESIDENCY.swap_cost_weight, ge=0.0)
     swap_budget_s: float | None = Field(default=None, ge=0.0)
-    swap_window_s: float = Field(default=_RESIDENCY["swap_window_s"].default, gt=0.0)
-    wait_s: float | None = Field(default=_RESIDENCY["wait_s"].default, ge=0.0)
+    swap_window_s: float = Field(default=_RESIDENCY.swap_window_s, gt=0.0)
+    wait_s: float | None = Field(default=_RESIDENCY.wait_s, ge=0.0)
 
 
 _RETRY = RetryPolicy()
