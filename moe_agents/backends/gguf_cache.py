@@ -24,6 +24,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from ..resources import cache_folder
+
 __all__ = ["cache_root", "entry_path", "remove_entry", "write_entry"]
 
 _FORMAT = 1  # bumped when what an entry holds changes
@@ -33,11 +35,7 @@ _STALE_S = 86_400.0  # a temporary folder this old was left by a process that di
 
 def cache_root() -> Path:
     """``$MOE_AGENTS_CACHE_DIR/gguf``, else the user cache folder's ``gguf``."""
-    if env := os.environ.get("MOE_AGENTS_CACHE_DIR"):
-        return Path(env).expanduser() / "gguf"
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("moe-agents")) / "gguf"
+    return cache_folder("gguf")
 
 
 def entry_path(gguf: Path, dtype: str | None) -> Path:

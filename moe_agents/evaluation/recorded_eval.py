@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from ..aggregators import VotingAggregator, WeightedAggregator
 from ..aggregators.base import Aggregation
 from ..answers import extract_number
 from ..recorded import PRICES, RecordedSet, load_gsm8k_recorded, load_mmlu
+from ..resources import cache_folder
 from ..routing.context import ContextConfig, KMeansContexts
 from ..routing.encoder import Encoder
 from ..routing.permission import Candidates, SelectConfig, permission, select
@@ -477,11 +477,7 @@ def _embed(encoder: Encoder, texts: Sequence[str], batch: int = 512) -> np.ndarr
 
 def embedding_cache_dir() -> Path | None:
     """``$MOE_AGENTS_CACHE_DIR/embeddings`` or the user cache folder's (``None`` if neither works)."""
-    if env := os.environ.get("MOE_AGENTS_CACHE_DIR"):
-        return Path(env).expanduser() / "embeddings"
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("moe-agents")) / "embeddings"
+    return cache_folder("embeddings")
 
 
 # -- plots --------------------------------------------------------------------------------------------------

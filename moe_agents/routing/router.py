@@ -16,7 +16,6 @@ those change.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -28,6 +27,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable, ConfigError, NoCapableExpert
 from ..logging import get_logger
+from ..resources import cache_folder
 from ..types import ExpertScore, Query, Selection
 from .context import ContextConfig, KMeansContexts, gate_context
 from .encoder import BatchingEncoder, Encoder, bundled_encoder
@@ -116,11 +116,7 @@ def gate_cache_dir(config: RouterConfig | None = None) -> Path | None:
         return None
     if configured is not None:
         return Path(configured).expanduser()
-    if env := os.environ.get("MOE_AGENTS_CACHE_DIR"):
-        return Path(env).expanduser() / "gates"
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("moe-agents")) / "gates"
+    return cache_folder("gates")
 
 
 class Router:
