@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ..errors import ConfigError, InvalidInput, check_settings
+from ..errors import ConfigError, check_settings, check_unit
 from ..experts.base import Expert
 
 __all__ = ["ExpertRank", "RankingWeights", "rank_experts"]
@@ -103,8 +103,8 @@ def rank_experts(
         ema = stats.latency_ema_ms
         latency = 1.0 if ema is None else 1.0 / (1.0 + max(ema, 0.0) / reference_ms)
         t = trust.get(expert.name)
-        if t is not None and not 0.0 <= t <= 1.0:  # NaN fails too
-            raise InvalidInput(f"trust of {expert.name!r} must be in [0, 1], got {t!r}")
+        if t is not None:
+            check_unit(t, f"trust of {expert.name!r}")
         total = weights.success * stats.success_rate + weights.headroom * headroom + weights.latency * latency
         used = weights.success + weights.headroom + weights.latency
         if t is not None:

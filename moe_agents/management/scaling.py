@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
-from ..errors import InvalidInput, check_settings
+from ..errors import InvalidInput, check_settings, check_unit
 from ..experts.base import Expert
 from ..logging import get_logger
 
@@ -97,8 +97,7 @@ class Observation:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.load) and self.load >= 0.0):
             raise InvalidInput(f"load must be a finite number >= 0, got {self.load!r}")
-        if not 0.0 <= self.success_rate <= 1.0:
-            raise InvalidInput(f"success_rate must be in [0, 1], got {self.success_rate!r}")
+        check_unit(self.success_rate, "success_rate")
         if self.instances < 0:
             raise InvalidInput(f"instances must be >= 0, got {self.instances!r}")
 
