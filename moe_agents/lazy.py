@@ -1,5 +1,7 @@
 """transformers from worker threads: imports one thread at a time, and quiet model loading.
 
+Model loads take ``LOAD_LOCK``, one at a time (see there).
+
 transformers 5.x resolves its public names lazily (``_LazyModule.__getattr__``), and two threads
 resolving names at once can fail with ``ImportError: cannot import name 'AutoModel'``: the local
 encoder and a local backend load in parallel worker threads when a pipeline starts. Every lazy
@@ -24,12 +26,18 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["LOCAL_HINT", "quiet_loading", "transformers_names"]
+__all__ = ["LOAD_LOCK", "LOCAL_HINT", "quiet_loading", "transformers_names"]
 
 LOCAL_HINT = "pip install torch==2.13.0 'moe-agents[local]'"
 """How to get the local-model stack (the CPU torch wheel first, so no CUDA build is pulled)."""
 
 _IMPORT_LOCK = threading.Lock()
+
+LOAD_LOCK = threading.Lock()
+"""Held by a worker thread while it loads a model with transformers: two ``from_pretrained`` at
+once (the encoder and a local backend, when a pipeline starts) can break each other, since
+transformers builds models under process-wide init state (seen: ``Cannot copy out of meta
+tensor``)."""
 _QUIET_LOCK = threading.Lock()
 _quiet_depth = 0
 _bars_were_disabled = False

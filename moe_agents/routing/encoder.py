@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import SecretStr
 
 from ..errors import BackendError, ConfigError
-from ..lazy import quiet_loading, transformers_names
+from ..lazy import LOAD_LOCK, quiet_loading, transformers_names
 from ..resources import BUNDLED_ENCODER, resolve_path
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ class SentenceEncoder:
 
             folder = resolve_path(self.path)
             try:
-                with quiet_loading():
+                with LOAD_LOCK, quiet_loading():
                     self._tokenizer = AutoTokenizer.from_pretrained(folder)
                     self._model = AutoModel.from_pretrained(folder).eval()
             except (OSError, ValueError) as exc:

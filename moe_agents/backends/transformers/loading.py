@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError, MoEError
-from ...lazy import transformers_names
+from ...lazy import LOAD_LOCK, transformers_names
 from ...logging import get_logger
 from ...resources import resolve_path
 from ..gguf_cache import remove_entry, write_entry
@@ -72,6 +72,11 @@ def load_model(spec: LoadSpec, cache_entry: Callable[[Path], Path]) -> Loaded:
         ConfigError: an adapter is configured and peft is not installed, or the processor needs a
             package that is not installed (torchvision for Qwen3-Omni's).
     """
+    with LOAD_LOCK:
+        return _load_model(spec, cache_entry)
+
+
+def _load_model(spec: LoadSpec, cache_entry: Callable[[Path], Path]) -> Loaded:
     AutoModelForCausalLM, AutoModelForMultimodalLM, AutoTokenizer = transformers_names(
         "AutoModelForCausalLM", "AutoModelForMultimodalLM", "AutoTokenizer"
     )
