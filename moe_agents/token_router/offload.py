@@ -25,8 +25,9 @@ the outputs are bit-identical to the resident model's, at every capacity. With t
 (``grouped_mm``, transformers' default for most MoE models, and ``batched_mm``) the grouped matrix
 products run over another grouping of the same rows, and on the CPU they may block their sums
 differently, so outputs agree to float32 rounding, not bit for bit; the tests hold logits to
-``rtol=atol=1e-4`` and greedy tokens to equality. Use ``model.set_experts_implementation("eager")`` where bit-identity matters
-more than speed. ``restore()`` is always bit-exact.
+``rtol=atol=1e-4`` and greedy tokens to equality. Use
+``model.set_experts_implementation("eager")`` where bit-identity matters more than speed.
+``restore()`` is always bit-exact.
 
 Counting: a lookup is one (token, selected expert) pair; the first lookup of a non-resident expert in
 a call is the miss that loads it, every other lookup is a hit, so ``hits + misses`` is the number of
