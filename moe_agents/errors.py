@@ -11,6 +11,7 @@ One root, two families::
         │   ├── BackendTimeout     the call ran past its deadline
         │   └── BackendUnavailable its circuit breaker is open (recovers_at)
         ├── Overloaded             every request slot is busy and the queue is full: try later
+        ├── BudgetExhausted        the session spent its budget and no expert is cheap enough
         ├── DeadlineExceeded       the request ran past its deadline (timeout_s)
         ├── NoCapableExpert        no expert can take this query (e.g. its modality)
         └── ExpertsFailed          every selected expert failed (also an ExceptionGroup of their errors)
@@ -29,6 +30,7 @@ __all__ = [
     "BackendError",
     "BackendTimeout",
     "BackendUnavailable",
+    "BudgetExhausted",
     "ConfigError",
     "DeadlineExceeded",
     "ExpertsFailed",
@@ -156,6 +158,19 @@ class BackendUnavailable(BackendError):
 
 class Overloaded(RunError):
     """The pipeline is running its most concurrent requests and its queue is full: try later."""
+
+
+class BudgetExhausted(RunError):
+    """The query's session has spent its budget (``trust.budget``) and no expert is cheap enough
+    (``price`` at most ``cheap_price``) to answer it.
+
+    Attributes:
+        session: the session's id (``None``: the shared session of queries without one).
+    """
+
+    def __init__(self, message: str, *, session: str | None) -> None:
+        self.session = session
+        super().__init__(message)
 
 
 class DeadlineExceeded(RunError):

@@ -71,6 +71,9 @@ class Pipeline:
             request; every exchange and its feedback are remembered.
         management: A/B tests, health checks, auto-scaling and removal of underperformers
             (``moe_agents.management.manager``), run while the pipeline is open.
+        observers: more parts that learn from every result, failure and feedback
+            (``moe_agents.core.observers.Observer``; e.g. ``moe_agents.metrics.PipelineMetrics``),
+            told after the built-in ones, in order.
 
     With a trust store on the router (``Router(trust=TrustStore(...))``), ``feedback`` and the
     experts' automatic ``scorer`` update each answering expert's trust in the query's context.
@@ -97,9 +100,11 @@ class Pipeline:
         max_queue: int = 0,
         memory: MemoryStore | None = None,
         management: ManagementConfig | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.router = router or Router()
         self.aggregator = aggregator or WeightedAggregator()
+        observers_given = list(observers)
         ab_tests = management.ab_tests if management is not None else ()
         config = self.router.config
         check_references(
@@ -141,7 +146,7 @@ class Pipeline:
             observers.insert(0, conversation)
         if self.manager is not None:
             observers.append(self.manager)
-        self._observers = observers
+        self._observers = [*observers, *observers_given]
         self._results: OrderedDict[str, Result] = OrderedDict()
         self._keep_results = keep_results
         self._task_group: TaskGroup | None = None
@@ -219,6 +224,21 @@ class Pipeline:
         """
         self.roster.set_policy(name, policy)
 
+    def observe(self, observer: Observer) -> None:
+        """Adds an observer: it is told of every result, failure and feedback from now on."""
+        self._observers.append(observer)
+
+    def result(self, result_id: str) -> Result:
+        """One of the last ``keep_results`` results.
+
+        Raises:
+            UnknownResult: the id is not one of them.
+        """
+        result = self._results.get(result_id)
+        if result is None:
+            raise UnknownResult(result_id)
+        return result
+
     def rank(self) -> list[ExpertRank]:
         """The experts ranked as in the seed plan (``0.5·success + 0.3·load headroom +
         0.2·latency``, plus ``0.5·trust`` when a trust store is kept: pooled over contexts, the
@@ -274,44 +294,66 @@ class Pipeline:
             for backend in self.backends:
                 await backend.unload()
 
-    async def route(self, query: Query | str, *, preset: Preset | str = Preset.WAKE) -> Selection:
-        """Chooses experts for ``query`` without calling any of them (see ``run`` for ``preset``)."""
-        return await choose(self.router, self.roster, self.budgets, self._query(query), preset)
+    async def route(
+        self, query: Query | str, *, preset: Preset | str = Preset.WAKE, expert: str | None = None
+    ) -> Selection:
+        """Chooses experts for ``query`` without calling any of them (see ``run`` for ``preset``
+        and ``expert``)."""
+        return await choose(self.router, self.roster, self.budgets, self._query(query), preset, expert)
 
-    async def run(self, query: Query | str, *, preset: Preset | str = Preset.WAKE) -> Result:
+    async def run(
+        self, query: Query | str, *, preset: Preset | str = Preset.WAKE, expert: str | None = None
+    ) -> Result:
         """Answers ``query``.
 
         Args:
             query: the query (a ``str`` is ``Query(text)``).
             preset: the metabolic state: ``wake`` (top-k as configured), ``focus`` (the single
                 most trusted expert), ``rest``/``crisis`` (the single cheapest capable expert).
+            expert: ask this expert alone (selection mode ``forced``); the router still scores
+                every candidate, and the others are tried by permission if it fails.
 
         Raises:
             InvalidInput: the query is empty, too long, has control characters or invalid
                 Unicode, or an attachment is missing, unreadable or too large.
-            NoCapableExpert: no expert accepts the query's attachments.
+            NoCapableExpert: no expert accepts the query's attachments (or the forced ``expert``
+                is unknown, out of routing, or cannot take them).
+            BudgetExhausted: the session spent its budget and no expert is cheap enough.
             BackendUnavailable: every capable expert is cooling down past the deadline.
             ExpertsFailed: every expert tried failed; it holds each error.
             Overloaded: ``max_concurrency`` requests are running and ``max_queue`` are waiting.
             DeadlineExceeded: the request ran past ``request_timeout_s``.
         """
-        q = self._query(query)
-        async with self.admission.admit():
-            return await self._run(q, None, preset=preset)
+        start = time.perf_counter()
+        try:
+            q = self._query(query)
+            async with self.admission.admit():
+                return await self._run(q, None, uuid.uuid4().hex, preset=preset, expert=expert)
+        except Exception as exc:
+            await self._failed(exc, time.perf_counter() - start)
+            raise
 
-    def stream(self, query: Query | str, *, preset: Preset | str = Preset.WAKE) -> AnswerStream:
+    def stream(
+        self, query: Query | str, *, preset: Preset | str = Preset.WAKE, expert: str | None = None
+    ) -> AnswerStream:
         """Answers ``query`` as an async iterator of text chunks, sent as they are generated.
 
         A single chosen expert, and the synthesis step of ``ensemble``, stream token by token;
-        strategies that must see every answer first send the merged text once. After the last
-        chunk, ``stream.result`` holds the ``Result``. Needs ``async with pipeline:``.
+        strategies that must see every answer first send the merged text once. ``stream.id`` is
+        the result's id from the start; after the last chunk, ``stream.result`` holds the
+        ``Result``. Closing the stream early cancels the expert calls still running. Needs
+        ``async with pipeline:``. See ``run`` for ``preset`` and ``expert``.
         """
         if self._task_group is None:
             raise MoEError("pipeline.stream() needs an open pipeline: use `async with pipeline:`")
-        q = self._query(query)
+        try:
+            q = self._query(query)
+        except InvalidInput as exc:
+            self._task_group.start_soon(self._failed, exc, 0.0)
+            raise
         send, receive = anyio.create_memory_object_stream[str](max_buffer_size=64)
-        stream = AnswerStream(receive)
-        self._task_group.start_soon(self._produce, q, send, stream, Preset(preset))
+        stream = AnswerStream(receive, uuid.uuid4().hex)
+        self._task_group.start_soon(self._produce, q, send, stream, Preset(preset), expert)
         return stream
 
     async def feedback(self, result_id: str, score: float) -> None:
@@ -324,9 +366,7 @@ class Pipeline:
         """
         if not isinstance(score, int | float) or not 0.0 <= float(score) <= 1.0 or math.isnan(score):
             raise InvalidInput(f"feedback score must be a number in [0, 1], got {score!r}")
-        result = self._results.get(result_id)
-        if result is None:
-            raise UnknownResult(result_id)
+        result = self.result(result_id)
         for observer in self._observers:
             await observer.on_feedback(result, float(score))
         log.info("pipeline.feedback", result_id=result_id, score=float(score), experts=list(result.answers))
@@ -340,28 +380,46 @@ class Pipeline:
         return query
 
     async def _produce(
-        self, query: Query, send: MemoryObjectSendStream[str], stream: AnswerStream, preset: Preset
+        self,
+        query: Query,
+        send: MemoryObjectSendStream[str],
+        stream: AnswerStream,
+        preset: Preset,
+        expert: str | None,
     ) -> None:
+        start = time.perf_counter()
         async with send:
-            try:
-                async with self.admission.admit():
-                    stream.result = await self._run(query, send.send, stream, preset=preset)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                log.info("pipeline.stream_abandoned")
-            except Exception as exc:  # handed to the consumer, never lost in the task group
-                stream.error = exc
+            with stream.scope:  # closing the stream cancels the expert calls still running
+                try:
+                    async with self.admission.admit():
+                        stream.result = await self._run(
+                            query, send.send, stream.id, stream, preset=preset, expert=expert
+                        )
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    log.info("pipeline.stream_abandoned", result_id=stream.id)
+                except Exception as exc:  # handed to the consumer, never lost in the task group
+                    stream.error = exc
+                    await self._failed(exc, time.perf_counter() - start)
+            if stream.scope.cancel_called:
+                log.info("pipeline.stream_cancelled", result_id=stream.id)
+
+    async def _failed(self, error: Exception, seconds: float) -> None:
+        for observer in self._observers:
+            await observer.on_failure(error, seconds)
 
     async def _run(
         self,
         query: Query,
         on_chunk: ChunkCallback | None,
+        result_id: str,
         stream: AnswerStream | None = None,
         *,
         preset: Preset | str = Preset.WAKE,
+        expert: str | None = None,
     ) -> Result:
         start = time.perf_counter()
         run = RunState(self.roster.lineup())  # a snapshot: the roster copies on write
-        selection = await choose(self.router, self.roster, self.budgets, query, preset)
+        selection = await choose(self.router, self.roster, self.budgets, query, preset, expert)
         assigned: dict[str, str] = {}
         if self.manager is not None:
             selection, assigned = self.manager.assign(selection, query.session_id)
@@ -374,8 +432,10 @@ class Pipeline:
         metadata: dict[str, Any] = {"context": run.context} if run.context else {}
         if assigned:
             metadata["ab"] = assigned
+        if run.fallbacks:
+            metadata["fallbacks"] = list(run.fallbacks)
         result = Result(
-            uuid.uuid4().hex, answer, selection, run.answers, run.errors, run.timings, run.usage, metadata
+            result_id, answer, selection, run.answers, run.errors, run.timings, run.usage, metadata
         )
         self._results[result.id] = result
         while len(self._results) > self._keep_results:

@@ -1,4 +1,4 @@
-"""The ``moe-agents`` command line: chat, ask, route, experts, fit, eval, ab, trust and memory.
+"""The ``moe-agents`` command line: chat, ask, route, experts, fit, serve, eval, ab, trust and memory.
 
 One module per group of commands; this one assembles the typer application. Each module only
 renders what the library computes.
@@ -12,6 +12,7 @@ from . import ab, evaluate, memory, trust
 from .chat import ask, chat
 from .common import setup_logging as _setup_logging  # noqa: F401  (the name tests/test_logging.py imports)
 from .routing import experts, fit, route
+from .serve import serve
 
 __all__ = ["app", "main"]
 
@@ -22,7 +23,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for command in (ask, route, experts, fit, chat):
+for command in (ask, route, experts, fit, chat, serve):
     app.command()(command)
 app.add_typer(evaluate.app, name="eval")
 app.add_typer(ab.app, name="ab")

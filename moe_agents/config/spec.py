@@ -20,6 +20,7 @@ from ..resources import BUNDLED_ENCODER
 from ..routing.context import ContextConfig
 from ..routing.permission import SelectConfig
 from ..routing.router import RouterConfig
+from ..server.settings import ServerConfig
 
 __all__ = [
     "ABTestSpec",
@@ -290,6 +291,7 @@ class PipelineSpec(_Spec):
     memory: MemorySpec | None = None
     management: ManagementSpec = ManagementSpec()
     ab_tests: list[ABTestSpec] = []
+    server: ServerConfig = ServerConfig()
 
 
 def located_error(

@@ -47,6 +47,12 @@ class Admission:
         self.max_queue = max_queue
         self._slots = anyio.CapacityLimiter(max_concurrency) if max_concurrency is not None else None
         self._waiting = 0
+        self._in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Requests admitted or waiting for a slot now."""
+        return self._in_flight
 
     @contextlib.asynccontextmanager
     async def admit(self) -> AsyncIterator[None]:
@@ -56,9 +62,13 @@ class Admission:
             Overloaded: every slot is taken and ``max_queue`` requests are waiting already.
             DeadlineExceeded: the wait and the block ran past ``request_timeout_s``.
         """
-        with self._deadline():
-            async with self._slot():
-                yield
+        self._in_flight += 1
+        try:
+            with self._deadline():
+                async with self._slot():
+                    yield
+        finally:
+            self._in_flight -= 1
 
     @contextlib.asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:

@@ -87,6 +87,9 @@ class Conversation:
             )
         )
 
+    async def on_failure(self, error: Exception, seconds: float) -> None:
+        """Nothing: a failed request has no answer to learn from."""
+
     async def on_feedback(self, result: Result, score: float) -> None:
         """Records the score with the remembered exchange."""
         memory = self.memory

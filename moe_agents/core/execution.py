@@ -44,6 +44,7 @@ class RunState:
         timings: seconds per stage and per expert call (``expert.<name>``).
         usage: the calls' usage, summed.
         context: per expert, what context it was given and why (``Result.metadata["context"]``).
+        fallbacks: the experts asked because every selected one failed, in order.
         shared: per-request values that ``Prepare`` hooks share between experts.
     """
 
@@ -53,6 +54,7 @@ class RunState:
     timings: dict[str, float] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
     context: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fallbacks: list[str] = field(default_factory=list)
     shared: dict[Any, Any] = field(default_factory=dict)
 
 
@@ -206,6 +208,7 @@ class Executor:
             if emitter is not None and emitter.emitted:
                 await emitter(_FALLBACK_MARKER.format(failed=", ".join(run.errors), next=name))
             log.info("pipeline.fallback", expert=name, failed=list(run.errors))
+            run.fallbacks.append(name)
             try:
                 await self.ask(run, name, query, emitter)
                 return

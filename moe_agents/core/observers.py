@@ -1,7 +1,8 @@
 """Observers: what a pipeline tells the parts that learn from its results.
 
-After every answered request the pipeline calls each observer's ``on_result``, and for every
-``feedback`` its ``on_feedback``, in the order they were given. Conversation memory
+After every answered request the pipeline calls each observer's ``on_result``, after every
+failed one its ``on_failure``, and for every ``feedback`` its ``on_feedback``, in the order they
+were given. Conversation memory
 (``Conversation``), trust and automatic scorers (``TrustRecorder``), expert statistics
 (``StatsRecorder``), session budgets (``BudgetRecorder``) and A/B tests (``Manager``) are observers.
 """
@@ -31,6 +32,11 @@ class Observer(Protocol):
         """Called once per answered request, before ``run`` returns."""
         ...
 
+    async def on_failure(self, error: Exception, seconds: float) -> None:
+        """Called once per request that raised ``error`` (invalid input included), ``seconds``
+        after it started."""
+        ...
+
     async def on_feedback(self, result: Result, score: float) -> None:
         """Called once per ``feedback``, with a score in [0, 1]."""
         ...
@@ -49,6 +55,9 @@ class StatsRecorder:
     async def on_result(self, query: Query, result: Result) -> None:
         """Nothing: the pipeline counts calls as they happen."""
 
+    async def on_failure(self, error: Exception, seconds: float) -> None:
+        """Nothing: a failed request has no answer to learn from."""
+
     async def on_feedback(self, result: Result, score: float) -> None:
         experts = self.experts()
         for name in result.answers:
@@ -64,6 +73,9 @@ class BudgetRecorder:
 
     async def on_result(self, query: Query, result: Result) -> None:
         self.budgets.charge(query.session_id, result.cost)
+
+    async def on_failure(self, error: Exception, seconds: float) -> None:
+        """Nothing: a failed request has no answer to learn from."""
 
     async def on_feedback(self, result: Result, score: float) -> None:
         """Nothing: budgets count money, not quality."""
@@ -104,6 +116,9 @@ class TrustRecorder:
                 continue
             log.info("scorer.scored", expert=name, score=float(score), result_id=result.id)
             await self._record([name], result, float(score), source="scorer")
+
+    async def on_failure(self, error: Exception, seconds: float) -> None:
+        """Nothing: a failed request has no answer to learn from."""
 
     async def on_feedback(self, result: Result, score: float) -> None:
         await self._record(list(result.answers), result, score, source="feedback")

@@ -17,14 +17,18 @@ __all__ = ["AnswerStream"]
 class AnswerStream:
     """Text chunks of one answer as they are generated.
 
-    ``selection`` is set once the router has chosen (before the first chunk), ``result`` after the
-    last chunk.
+    ``id`` is the result's id from the start; ``selection`` is set once the router has chosen
+    (before the first chunk), ``result`` after the last chunk.
 
-    Iterate it to the end, or close it (``await stream.aclose()`` or ``async with``) to stop early.
+    Iterate it to the end, or close it (``await stream.aclose()`` or ``async with``) to stop early:
+    closing cancels the expert calls still running.
     """
 
-    def __init__(self, receive: MemoryObjectReceiveStream[str]) -> None:
+    def __init__(self, receive: MemoryObjectReceiveStream[str], result_id: str) -> None:
         self._receive = receive
+        self.id = result_id
+        self.scope = anyio.CancelScope()
+        """The producer runs in it; closing the stream cancels it."""
         self.selection: Selection | None = None
         self.result: Result | None = None
         self.error: Exception | None = None
@@ -43,8 +47,10 @@ class AnswerStream:
             raise StopAsyncIteration from None
 
     async def aclose(self) -> None:
-        """Stops the stream; the rest of the answer is not generated."""
+        """Stops the stream; the rest of the answer is not generated (running calls are cancelled)."""
         self._receive.close()
+        if self.result is None:
+            self.scope.cancel()
 
     async def __aenter__(self) -> AnswerStream:
         return self

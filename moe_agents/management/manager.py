@@ -131,6 +131,9 @@ class Manager:
     async def on_result(self, query: Query, result: Result) -> None:
         """Nothing: A/B tests learn from feedback only."""
 
+    async def on_failure(self, error: Exception, seconds: float) -> None:
+        """Nothing: a failed request has no answer to learn from."""
+
     async def on_feedback(self, result: Result, score: float) -> None:
         """Feedback on a result served under A/B assignments counts for their variants."""
         assigned = result.metadata.get("ab")

@@ -1,0 +1,53 @@
+"""``moe-agents serve``: the pipeline behind an OpenAI-compatible HTTP server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..config import default_config_path, read_config
+from ..errors import MoEError
+from .common import fail, load, setup
+
+
+def serve(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Pipeline YAML (default: offline).")
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; anything but loopback needs API keys.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    allow_open: Annotated[
+        bool, typer.Option("--allow-open", help="Serve without API keys on a non-loopback address.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log routing and expert events.")] = False,
+) -> None:
+    """Serve the pipeline over OpenAI's chat-completions API, with a chat page at / and /metrics."""
+    setup(verbose)
+    try:
+        from ..server import serve as run_server
+    except ImportError as exc:
+        typer.echo(
+            f"error: the server needs the `server` extra: pip install 'moe-agents[server]' ({exc})", err=True
+        )
+        raise typer.Exit(1) from None
+    path = config or default_config_path()
+    try:
+        spec, _ = read_config(path)
+    except MoEError as exc:
+        raise fail(exc) from None
+    pipeline = load(path)
+    try:
+        run_server(
+            pipeline,
+            spec.server,
+            host=host,
+            port=port,
+            allow_open=allow_open,
+            log_level="info" if verbose else "warning",
+        )
+    except MoEError as exc:
+        raise fail(exc) from None
