@@ -28,6 +28,7 @@ async def until_disconnect(request: Request, work: Callable[[], Awaitable[T]]) -
     disconnect.
     """
     outcome: list[T] = []
+    failure: list[Exception] = []
 
     async with anyio.create_task_group() as tg:
 
@@ -37,11 +38,16 @@ async def until_disconnect(request: Request, work: Callable[[], Awaitable[T]]) -
             tg.cancel_scope.cancel()
 
         async def do() -> None:
-            outcome.append(await work())
+            try:
+                outcome.append(await work())
+            except Exception as exc:  # raised as itself below, not wrapped in an exception group
+                failure.append(exc)
             tg.cancel_scope.cancel()
 
         tg.start_soon(watch)
         tg.start_soon(do)
+    if failure:
+        raise failure[0]
     if not outcome:
         log.info("server.client_disconnected", path=request.url.path)
         raise ClientDisconnected

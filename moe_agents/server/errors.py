@@ -102,7 +102,8 @@ def from_exception(exc: BaseException) -> APIError:
     if isinstance(exc, DeadlineExceeded):
         return APIError(504, message, "timeout", "deadline_exceeded", headers=_retry(False))
     if isinstance(exc, ExpertsFailed):
-        return APIError(502, message, "api_error", "experts_failed", headers=_retry(False))
+        each = "; ".join(f"{name}: {error}" for name, error in exc.errors.items())
+        return APIError(502, f"{exc.message}: {each}", "api_error", "experts_failed", headers=_retry(False))
     if isinstance(exc, RunError | MoEError):
         return APIError(502, message, "api_error", type(exc).__name__, headers=_retry(False))
     log.error("server.unexpected_error", error_type=type(exc).__name__, error=message, exc_info=exc)
