@@ -28,7 +28,8 @@ def serve(
     """Serve the pipeline over OpenAI's chat-completions API, with a chat page at / and /metrics."""
     setup(verbose)
     try:
-        from ..server import serve as run_server
+        from ..server.run import check_exposure
+        from ..server.run import serve as run_server
     except ImportError as exc:
         typer.echo(
             f"error: the server needs the `server` extra: pip install 'moe-agents[server]' ({exc})", err=True
@@ -37,6 +38,7 @@ def serve(
     path = config or default_config_path()
     try:
         spec, _ = read_config(path)
+        check_exposure(spec.server, host, allow_open=allow_open)
     except MoEError as exc:
         raise fail(exc) from None
     pipeline = load(path)

@@ -8,7 +8,7 @@ from ..errors import ConfigError
 from ..pipeline import Pipeline
 from .settings import ServerConfig
 
-__all__ = ["is_loopback", "serve"]
+__all__ = ["check_exposure", "is_loopback", "serve"]
 
 
 def is_loopback(host: str) -> bool:
@@ -19,6 +19,16 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_exposure(config: ServerConfig, host: str, *, allow_open: bool = False) -> None:
+    """Raises ``ConfigError`` for an open server (no API keys) on a non-loopback ``host``, unless
+    ``allow_open``: an open server is never exposed by accident."""
+    if not config.api_keys and not is_loopback(host) and not allow_open:
+        raise ConfigError(
+            f"refusing to serve without API keys on {host}: set server.api_keys in the configuration "
+            '(e.g. ["${MOE_API_KEY}"]), bind to 127.0.0.1, or pass --allow-open'
+        )
 
 
 def serve(
@@ -41,11 +51,7 @@ def serve(
     from .app import create_app
 
     config = config or ServerConfig()
-    if not config.api_keys and not is_loopback(host) and not allow_open:
-        raise ConfigError(
-            f"refusing to serve without API keys on {host}: set server.api_keys in the configuration "
-            '(e.g. ["${MOE_API_KEY}"]), bind to 127.0.0.1, or pass --allow-open'
-        )
+    check_exposure(config, host, allow_open=allow_open)
     uvicorn.run(
         create_app(pipeline, config),
         host=host,
