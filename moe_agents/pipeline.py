@@ -310,8 +310,8 @@ class Pipeline:
             query: the query (a ``str`` is ``Query(text)``).
             preset: the metabolic state: ``wake`` (top-k as configured), ``focus`` (the single
                 most trusted expert), ``rest``/``crisis`` (the single cheapest capable expert).
-            expert: ask this expert alone (selection mode ``forced``); the router still scores
-                every candidate, and the others are tried by permission if it fails.
+            expert: ask this expert alone (selection mode ``forced``): the router still scores
+                every candidate, but no other expert is tried if it fails (``ExpertsFailed``).
 
         Raises:
             InvalidInput: the query is empty, too long, has control characters or invalid

@@ -17,6 +17,7 @@ __all__ = [
     "Attachment",
     "AttachmentKind",
     "ExpertScore",
+    "GenerationSettings",
     "Message",
     "Query",
     "Result",
@@ -59,6 +60,27 @@ class Attachment:
 
 
 @dataclass(frozen=True, slots=True)
+class GenerationSettings:
+    """Sampling settings for one call; ``None`` leaves the backend's own default."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] | None = None
+
+    def merged(self, override: GenerationSettings | None) -> GenerationSettings:
+        """These settings with every non-``None`` field of ``override`` taking precedence."""
+        if override is None:
+            return self
+        return GenerationSettings(
+            max_tokens=override.max_tokens if override.max_tokens is not None else self.max_tokens,
+            temperature=override.temperature if override.temperature is not None else self.temperature,
+            top_p=override.top_p if override.top_p is not None else self.top_p,
+            stop=override.stop if override.stop is not None else self.stop,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Query:
     """A request to the mixture.
 
@@ -68,6 +90,8 @@ class Query:
         context: extra text the experts should see before the request (earlier turns, a draft to
             improve, retrieved passages).
         session_id: ties queries of one conversation together.
+        generation: sampling settings for this query; each field that is set overrides the
+            experts' own (``max_tokens``, ``temperature``, ``top_p``, ``stop``).
         metadata: free-form data for user code; moe-agents does not interpret it.
     """
 
@@ -76,6 +100,7 @@ class Query:
     attachments: tuple[Attachment, ...] = ()
     context: str | None = None
     session_id: str | None = None
+    generation: GenerationSettings | None = None
     metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
     def __post_init__(self) -> None:

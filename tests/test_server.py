@@ -574,3 +574,46 @@ async def test_metrics_without_the_server() -> None:
     text = metrics.render().decode()
     assert 'moe_agents_requests_total{status="ok"} 1.0' in text
     assert 'moe_agents_requests_total{status="InvalidInput"} 1.0' in text
+
+
+async def test_sampling_settings_reach_the_backend() -> None:
+    """``max_tokens``, ``temperature``, ``top_p`` and ``stop`` override the expert's settings."""
+    backend = FunctionBackend(echo("coding"), name="c")
+    pipeline = pipeline_of(Coder(backends=[backend]), Talker(backends=[FunctionBackend(echo("t"))]))
+    async with serving(pipeline) as base:
+        await client(base).chat.completions.create(
+            model="moe-agents/coding",
+            messages=user(CODE_Q),
+            max_tokens=7,
+            temperature=0.2,
+            top_p=0.9,
+            stop="END",
+        )
+        with pytest.raises(openai.BadRequestError, match="temperature"):
+            await client(base).chat.completions.create(
+                model="moe-agents", messages=user(CODE_Q), temperature=5
+            )
+    settings = backend.calls[-1].settings
+    assert settings is not None
+    assert (settings.max_tokens, settings.temperature, settings.top_p, settings.stop) == (
+        7,
+        0.2,
+        0.9,
+        ("END",),
+    )
+
+
+async def test_a_forced_expert_that_fails_is_not_replaced() -> None:
+    """``moe-agents/<expert>`` asks that expert alone: its failure is a 502, not another's answer."""
+
+    def broken(messages: Sequence[Message]) -> str:
+        raise RuntimeError("down")
+
+    talk = FunctionBackend(echo("talk"), name="t")
+    pipeline = pipeline_of(Coder(backends=[FunctionBackend(broken, name="c")]), Talker(backends=[talk]))
+    async with serving(pipeline) as base:
+        with pytest.raises(openai.InternalServerError, match="coding"):
+            await client(base, max_retries=0).chat.completions.create(
+                model="moe-agents/coding", messages=user(CODE_Q)
+            )
+    assert talk.calls == []

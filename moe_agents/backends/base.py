@@ -10,33 +10,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from ..types import Message, Usage
+from ..types import GenerationSettings, Message, Usage
 
 __all__ = ["Backend", "ChunkCallback", "Completion", "GenerationSettings"]
 
 ChunkCallback = Callable[[str], Awaitable[None]]
 """Receives each chunk of generated text, in order."""
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationSettings:
-    """Sampling settings for one call; ``None`` leaves the backend's own default."""
-
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: tuple[str, ...] | None = None
-
-    def merged(self, override: GenerationSettings | None) -> GenerationSettings:
-        """These settings with every non-``None`` field of ``override`` taking precedence."""
-        if override is None:
-            return self
-        return GenerationSettings(
-            max_tokens=override.max_tokens if override.max_tokens is not None else self.max_tokens,
-            temperature=override.temperature if override.temperature is not None else self.temperature,
-            top_p=override.top_p if override.top_p is not None else self.top_p,
-            stop=override.stop if override.stop is not None else self.stop,
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,7 +120,7 @@ class Executor:
                 await attempt(name, stream_single)
                 if run.answers:
                     break
-        if not run.answers:
+        if not run.answers and selection.mode != "forced":  # a forced expert is asked alone
             await self._fall_back(run, query, selection, emitter if stream_single else None)
         run.timings["experts"] = time.perf_counter() - t
         if not run.answers:

@@ -34,9 +34,9 @@ async def choose(
     of routing are listed in ``Selection.scores`` with why. When every capable expert is cooling
     down, it waits for the first to recover (the request's deadline bounds the wait).
 
-    With ``expert``, that expert alone is chosen (mode ``forced``), whatever the router ranks
-    first; the router still scores every candidate and gives the trust context, so the choice is
-    explained and feedback on it counts.
+    With ``expert``, that expert alone is chosen (mode ``forced``; execution does not fall back
+    from it), whatever the router ranks first; the router still scores every candidate and gives
+    the trust context, so the choice is explained and feedback on it counts.
 
     Raises:
         NoCapableExpert: no active expert accepts the query's attachments, or the forced

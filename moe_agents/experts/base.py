@@ -326,7 +326,9 @@ class LLMExpert(Expert):
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
         start = time.perf_counter()
         try:
-            completion = await backend.complete(messages, settings=self.settings, on_chunk=on_chunk)
+            completion = await backend.complete(
+                messages, settings=self.settings.merged(query.generation), on_chunk=on_chunk
+            )
         except BackendError as exc:
             if exc.expert is None:
                 exc.expert = self.name

@@ -316,10 +316,12 @@ def _model(name: str, created: int) -> dict[str, Any]:
 
 
 def _trust(pipeline: Pipeline, result: Any) -> dict[str, float]:
-    """The trust of the result's experts in its context now (empty without a trust store)."""
+    """The trust of the result's experts in its context now, as the router reads it (pooled over
+    contexts while this one has too little evidence), so it compares with the selection's scores;
+    empty without a trust store."""
     store, context = pipeline.router.trust, result.selection.context
     names = list(result.answers)
     if store is None or context is None or not names:
         return {}
-    values, _ = store.lookup(names, context)
+    values, _ = store.lookup(names, context, backoff=pipeline.router.config.selection.min_evidence)
     return {n: round(float(v), 4) for n, v in zip(names, values, strict=True)}

@@ -4,7 +4,9 @@ response and chunk objects.
 Messages become one query: the last message (a ``user`` one) is the request, every message before
 it (system included) the query's context, as ``role: text`` lines. Its ``image_url`` and
 ``input_audio`` parts become attachments: ``data:`` URLs (and ``input_audio``'s base64 ``data``)
-always, ``http(s)`` URLs only when the server allows remote media.
+always, ``http(s)`` URLs only when the server allows remote media. ``max_tokens`` (or
+``max_completion_tokens``), ``temperature``, ``top_p`` and ``stop`` become the query's
+``generation`` settings, over the experts' own.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InvalidInput
-from ..types import Attachment, AttachmentKind, Query, Result, Selection, Usage
+from ..types import Attachment, AttachmentKind, GenerationSettings, Query, Result, Selection, Usage
 
 __all__ = [
     "ChatRequest",
@@ -54,6 +56,11 @@ class ChatRequest(BaseModel):
 
     model: str
     messages: list[dict[str, Any]] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -63,6 +70,17 @@ class ChatRequest(BaseModel):
     @property
     def session(self) -> str | None:
         return self.session_id or self.user
+
+    def generation(self) -> GenerationSettings | None:
+        """The sampling settings the request sets (``None``: the experts' own)."""
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop) if self.stop else None
+        settings = GenerationSettings(
+            max_tokens=self.max_completion_tokens or self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=stop,
+        )
+        return None if settings == GenerationSettings() else settings
 
 
 class FeedbackRequest(BaseModel):
@@ -108,6 +126,7 @@ async def to_query(request: ChatRequest, *, allow_remote: bool, timeout_s: float
         attachments=tuple(attachments),
         context="\n\n".join(turns) or None,
         session_id=request.session,
+        generation=request.generation(),
     )
 
 
