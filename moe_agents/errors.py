@@ -24,6 +24,7 @@ Third-party errors are translated once, at the backend seam, with ``raise ... fr
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from numbers import Real
 from pathlib import Path
 
 __all__ = [
@@ -228,17 +229,19 @@ def check_settings(what: str, settings: object, checks: Mapping[str, bool]) -> N
 def check_unit(value: object, what: str) -> float:
     """``value`` as a float in [0, 1] (a score, a rate, a trust), or ``InvalidInput`` naming ``what``.
 
+    The one rule for every score: a real number (``int``, ``float`` or a numpy scalar), not a
+    ``bool`` and not a string, in [0, 1]; NaN is rejected.
+
     Args:
-        value: the number to check (anything ``float()`` accepts; NaN is rejected).
+        value: the number to check.
         what: its name in the message (``"feedback score"``).
 
     Raises:
         InvalidInput: not a number, or outside [0, 1].
     """
-    try:
-        x = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise InvalidInput(f"{what} must be a number in [0, 1], got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise InvalidInput(f"{what} must be a number in [0, 1], got {value!r}")
+    x = float(value)
     if not 0.0 <= x <= 1.0:  # also rejects NaN
         raise InvalidInput(f"{what} must be in [0, 1], got {value!r}")
     return x

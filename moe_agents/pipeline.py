@@ -8,7 +8,6 @@ and their deadline; execution asks the chosen experts and merges their answers; 
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from collections import OrderedDict
@@ -31,7 +30,7 @@ from .core.roster import Roster
 from .core.routing import choose
 from .core.stream import AnswerStream
 from .core.validation import check_references
-from .errors import InvalidInput, MoEError, UnknownResult
+from .errors import InvalidInput, MoEError, UnknownResult, check_unit
 from .experts.base import Expert
 from .experts.policy import ExpertPolicy
 from .inputs import InputLimits, check_query
@@ -362,14 +361,13 @@ class Pipeline:
 
         Raises:
             UnknownResult: the id is not one of the last ``keep_results`` results.
-            InvalidInput: the score is outside [0, 1].
+            InvalidInput: the score is not a number in [0, 1] (``errors.check_unit``).
         """
-        if not isinstance(score, int | float) or not 0.0 <= float(score) <= 1.0 or math.isnan(score):
-            raise InvalidInput(f"feedback score must be a number in [0, 1], got {score!r}")
+        score = check_unit(score, "feedback score")
         result = self.result(result_id)
         for observer in self._observers:
-            await observer.on_feedback(result, float(score))
-        log.info("pipeline.feedback", result_id=result_id, score=float(score), experts=list(result.answers))
+            await observer.on_feedback(result, score)
+        log.info("pipeline.feedback", result_id=result_id, score=score, experts=list(result.answers))
 
     def _query(self, query: Query | str) -> Query:
         if isinstance(query, str):

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InvalidInput, check_unit
 from ..logging import get_logger
 from ..registry import Registry
 from ..resources import BUNDLED_ENCODER
@@ -357,8 +357,10 @@ class _Translator:
         if "performance_threshold" in m:
             loc: Loc = (SEED_KEY, "management", "performance_threshold")
             value = m.pop("performance_threshold")
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-                raise self.error(f"`performance_threshold:` must be a number in [0, 1], got {value!r}", loc)
+            try:
+                value = check_unit(value, "`performance_threshold:`")
+            except InvalidInput as exc:
+                raise self.error(str(exc), loc) from None
             given.append(("performance_threshold", value, loc))
         if caps:
             cap, loc = min(caps, key=lambda c: c[0])

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import KW_ONLY, dataclass, field
 from statistics import NormalDist
 
-from ..errors import ConfigError, InvalidInput, check_settings
+from ..errors import ConfigError, InvalidInput, check_settings, check_unit
 from ..logging import get_logger
 
 __all__ = ["ABReport", "ABTest", "ABTracker", "VariantReport"]
@@ -207,9 +207,7 @@ class ABTracker:
         tally = run.tallies.get(variant)
         if tally is None:
             raise InvalidInput(f"{variant!r} is not a variant of A/B test {test!r}: {list(run.tallies)}")
-        if not isinstance(score, int | float) or not 0.0 <= float(score) <= 1.0:  # NaN fails too
-            raise InvalidInput(f"A/B score must be a number in [0, 1], got {score!r}")
-        tally.add(float(score))
+        tally.add(check_unit(score, "A/B score"))
 
     def report(self, test: str, *, confidence: float = 0.95) -> ABReport:
         """Compares the variants' mean scores.

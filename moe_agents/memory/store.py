@@ -51,8 +51,6 @@ def _session(value: object) -> str:
     return value
 
 
-
-
 def _turn(row: tuple[int, str, str, str, str | None, float]) -> Turn:
     id_, role, text, experts, result_id, ts = row
     return Turn(int(id_), role, text, tuple(experts.split(",")) if experts else (), result_id, float(ts))
@@ -162,7 +160,7 @@ class MemoryStore(SQLiteStore):
         if result_id is not None and not isinstance(result_id, str):
             raise InvalidInput(f"result_id must be a string, got {result_id!r}")
         surprise = 1.0 - check_unit(confidence, "confidence")
-        conflict = check_unit(conflict, "conflict")
+        conflict = check_unit(float(conflict) if isinstance(conflict, bool) else conflict, "conflict")
         vector = self._embed(f"{query}\n{answer}")  # outside the lock: encoders are slow
         assert self.encoder is not None
         encoder = self.encoder.name
