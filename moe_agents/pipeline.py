@@ -73,6 +73,9 @@ class Pipeline:
         observers: more parts that learn from every result, failure and feedback
             (``moe_agents.core.observers.Observer``; e.g. ``moe_agents.metrics.PipelineMetrics``),
             told after the built-in ones, in order.
+        references_checked: the caller has run ``core.validation.check_references`` on these
+            experts already, so it is not run again (the YAML builder checks before it opens any
+            store, so that it can name the file and line).
 
     With a trust store on the router (``Router(trust=TrustStore(...))``), ``feedback`` and the
     experts' automatic ``scorer`` update each answering expert's trust in the query's context.
@@ -100,19 +103,21 @@ class Pipeline:
         memory: MemoryStore | None = None,
         management: ManagementConfig | None = None,
         observers: Sequence[Observer] = (),
+        references_checked: bool = False,
     ) -> None:
         self.router = router or Router()
         self.aggregator = aggregator or WeightedAggregator()
         observers_given = list(observers)
         ab_tests = management.ab_tests if management is not None else ()
         config = self.router.config
-        check_references(
-            [e.name for e in experts],
-            top_k=config.top_k,
-            fallback_expert=config.fallback_expert,
-            referenced=self.aggregator.referenced_experts,
-            ab_tests=ab_tests,
-        )
+        if not references_checked:
+            check_references(
+                [e.name for e in experts],
+                top_k=config.top_k,
+                fallback_expert=config.fallback_expert,
+                referenced=self.aggregator.referenced_experts,
+                ab_tests=ab_tests,
+            )
         self.admission = Admission(
             request_timeout_s=request_timeout_s, max_concurrency=max_concurrency, max_queue=max_queue
         )

@@ -141,6 +141,7 @@ class _Builder:
                 max_queue=rt.max_queue,
                 memory=self.memory(encoder),
                 management=management,
+                references_checked=True,
             )
         except ConfigError as exc:
             if exc.path is not None:
