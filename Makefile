@@ -8,7 +8,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.moe-agents-installed
 LOCK   := requirements.lock
-EXTRAS := dev,local,eval,server
+EXTRAS := dev,local,eval,server,ray
 TORCH  := torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1

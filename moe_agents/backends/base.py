@@ -6,9 +6,9 @@ of text as it is generated, then still returns the whole ``Completion``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..types import GenerationSettings, Message, Usage
 
@@ -26,6 +26,9 @@ class Completion:
     model: str
     usage: Usage = field(default_factory=Usage)
     finish_reason: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    """Where and how it ran (e.g. ``placement``: the Ray deployment, replica and node); it becomes
+    part of the answer's metadata."""
 
 
 @runtime_checkable

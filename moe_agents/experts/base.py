@@ -295,7 +295,7 @@ class LLMExpert(Expert):
             model=completion.model,
             usage=completion.usage,
             latency_s=latency_s,
-            metadata=self.answer_metadata(text),
+            metadata={**completion.metadata, **self.answer_metadata(text)},
         )
 
     def choose_backend(self, query: Query) -> GuardedBackend:

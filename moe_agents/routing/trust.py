@@ -99,8 +99,6 @@ def _name(value: object, what: str) -> str:
     return value
 
 
-
-
 def _where(expert: str | None, context: str | None) -> tuple[str, list[str]]:
     clauses, params = [], []
     for column, value in (("expert", expert), ("context", context)):
@@ -205,15 +203,24 @@ class TrustStore(SQLiteStore):
             ).fetchone()
         return self._stat(stat)
 
-    def record_many(self, rows: Iterable[tuple[str, str, float]], *, source: str = "feedback") -> None:
-        """Records ``(expert, context, score)`` rows in order, in one transaction (all or none).
+    def record_many(
+        self,
+        rows: Iterable[tuple[str, str, float] | tuple[str, str, float, str]],
+        *,
+        source: str = "feedback",
+    ) -> None:
+        """Records ``(expert, context, score)`` rows (or ``(expert, context, score, source)``, which
+        override ``source``) in order, in one transaction (all or none).
 
         Raises:
             InvalidInput: a row has an empty name or a score outside [0, 1]; nothing is recorded.
             RunError: SQLite failed; nothing is recorded.
         """
         ts = time.time()
-        params = [self._row(expert, context, score, source, None, ts) for expert, context, score in rows]
+        params = [
+            self._row(row[0], row[1], row[2], row[3] if len(row) > 3 else source, None, ts)  # type: ignore[misc]
+            for row in rows
+        ]
         if not params:
             return
         with self._write("record_many") as conn:
