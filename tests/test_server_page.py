@@ -3,6 +3,7 @@ answer, the expert chart, feedback moving trust, errors, and no external resourc
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 import threading
@@ -31,6 +32,7 @@ from moe_agents.types import Message
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "server-page.png"
+"""Rewritten only when MOE_AGENTS_UPDATE_SCREENSHOTS=1 (so a test run leaves the tree clean)."""
 MODEL = "moe-agents"
 QUESTION = "please fix the bug in this python function"
 ANSWER = "Use s[::-1] to reverse it; <b>tags</b> stay text."
@@ -191,8 +193,11 @@ class TestChatPage:
         assert float(shown[2]) == pytest.approx(after, abs=1e-3)
         assert all(not b.is_enabled() for b in message.find_elements(By.CSS_SELECTOR, ".thumb"))
 
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(SCREENSHOT))
+        png = driver.get_screenshot_as_png()
+        assert png.startswith(b"\x89PNG")
+        if os.environ.get("MOE_AGENTS_UPDATE_SCREENSHOTS") == "1":
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            SCREENSHOT.write_bytes(png)
 
         phone = {"width": 360, "height": 740, "deviceScaleFactor": 1, "mobile": True}
         driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", phone)
