@@ -23,6 +23,11 @@ def serve(
     allow_open: Annotated[
         bool, typer.Option("--allow-open", help="Serve without API keys on a non-loopback address.")
     ] = False,
+    on_ray: Annotated[
+        bool,
+        typer.Option("--ray", help="Run the server as a Ray Serve ingress (the config's `ray:` section)."),
+    ] = False,
+    replicas: Annotated[int, typer.Option(help="With --ray: ingress replicas.", min=1)] = 1,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log routing and expert events.")] = False,
 ) -> None:
     """Serve the pipeline over OpenAI's chat-completions API, with a chat page at / and /metrics."""
@@ -41,6 +46,13 @@ def serve(
         check_exposure(spec.server, host, allow_open=allow_open)
     except MoEError as exc:
         raise fail(exc) from None
+    if on_ray:
+        from ..cluster.ingress import serve_on_ray
+        from ..cluster.settings import RayConfig
+
+        typer.echo(f"serving on Ray: {replicas} replica(s) at http://{host}:{port}", err=True)
+        serve_on_ray(path, spec.ray or RayConfig(), spec.server, host=host, port=port, replicas=replicas)
+        return
     pipeline = load(path)
     try:
         run_server(

@@ -35,8 +35,8 @@ __all__ = ["RayBackend", "deploy"]
 
 log = get_logger(__name__)
 
-_DEPLOYED: dict[str, Any] = {}
-"""Handles of the applications this process deployed, by application name."""
+_DEPLOYED: dict[str, tuple[Any, bool]] = {}
+"""The applications this process uses, by name: their handle and whether it deployed them."""
 _LOCK = threading.Lock()
 
 
@@ -123,20 +123,30 @@ class RayBackend:
         self.modalities = frozenset(described["modalities"])
 
     def _deployed(self) -> Any:
+        """The application's handle: deployed by this process, or found running on the cluster
+        (another ingress replica or process deployed it; it is then never deleted from here)."""
+        from ray import serve
+        from ray.serve.exceptions import RayServeException
+
         with _LOCK:  # one deployment per application, however many backends share it
             if self.app not in _DEPLOYED:
                 connect(self.ray)
-                _DEPLOYED[self.app] = deploy(
-                    self.app, self.placement, make=self.make, pool=self.pool, slots=self.slots
-                )
-            return _DEPLOYED[self.app]
+                try:
+                    _DEPLOYED[self.app] = (serve.get_app_handle(self.app), False)
+                except RayServeException:
+                    handle = deploy(
+                        self.app, self.placement, make=self.make, pool=self.pool, slots=self.slots
+                    )
+                    _DEPLOYED[self.app] = (handle, True)
+            return _DEPLOYED[self.app][0]
 
     async def unload(self) -> None:
         from ray import serve
 
         def delete() -> None:
             with _LOCK:
-                if _DEPLOYED.pop(self.app, None) is not None:
+                deployed = _DEPLOYED.pop(self.app, None)
+                if deployed is not None and deployed[1]:
                     serve.delete(self.app)
 
         await anyio.to_thread.run_sync(delete)

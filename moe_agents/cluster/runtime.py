@@ -15,9 +15,10 @@ log = get_logger(__name__)
 _LOCK = threading.Lock()
 
 
-def connect(config: RayConfig) -> None:
-    """Starts or joins the cluster (once per process) and starts Serve without its HTTP proxy
-    (moe-agents talks to deployments through handles; its own server is the HTTP front)."""
+def connect(config: RayConfig, *, http: tuple[str, int] | None = None) -> None:
+    """Starts or joins the cluster (once per process) and starts Serve: without its HTTP proxy
+    (moe-agents talks to deployments through handles), or with it on ``http=(host, port)`` for
+    ``serve --ray``."""
     import ray
     from ray import serve
 
@@ -38,4 +39,7 @@ def connect(config: RayConfig) -> None:
             else:
                 ray.init(address=config.address, namespace=config.namespace, log_to_driver=False)
             log.info("ray.connected", address=config.address, namespace=config.namespace)
-        serve.start(proxy_location="Disabled")
+        if http is None:
+            serve.start(proxy_location="Disabled")
+        else:
+            serve.start(proxy_location="HeadOnly", http_options={"host": http[0], "port": http[1]})
