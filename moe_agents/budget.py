@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Annotated
 
-from .errors import ConfigError
+from .bounds import Ge, check_bounds
 from .types import Usage
 
 __all__ = ["BudgetConfig", "SessionBudgets"]
@@ -22,18 +23,13 @@ class BudgetConfig:
         max_sessions: sessions remembered (least recently used forgotten first).
     """
 
-    usd: float | None = None
-    tokens: int | None = None
-    cheap_price: float = 0.0
-    max_sessions: int = 10_000
+    usd: Annotated[float, Ge(0.0)] | None = None
+    tokens: Annotated[int, Ge(0)] | None = None
+    cheap_price: Annotated[float, Ge(0.0)] = 0.0
+    max_sessions: Annotated[int, Ge(1)] = 10_000
 
     def __post_init__(self) -> None:
-        if self.usd is not None and self.usd < 0:
-            raise ConfigError(f"trust.budget.usd must be >= 0, got {self.usd}")
-        if self.tokens is not None and self.tokens < 0:
-            raise ConfigError(f"trust.budget.tokens must be >= 0, got {self.tokens}")
-        if self.max_sessions < 1:
-            raise ConfigError(f"trust.budget.max_sessions must be >= 1, got {self.max_sessions}")
+        check_bounds("trust.budget", self)
 
     @property
     def enabled(self) -> bool:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import Annotated
 
-from .errors import InvalidInput, check_settings
+from .bounds import Ge, check_bounds
+from .errors import InvalidInput
 from .types import Query
 
 __all__ = ["InputLimits", "check_query"]
@@ -27,17 +29,12 @@ class InputLimits:
         max_attachment_bytes: largest attachment.
     """
 
-    max_query_chars: int = 100_000
-    max_attachments: int = 8
-    max_attachment_bytes: int = 20 * 2**20
+    max_query_chars: Annotated[int, Ge(1)] = 100_000
+    max_attachments: Annotated[int, Ge(0)] = 8
+    max_attachment_bytes: Annotated[int, Ge(1)] = 20 * 2**20
 
     def __post_init__(self) -> None:
-        checks = {
-            "max_query_chars": self.max_query_chars >= 1,
-            "max_attachments": self.max_attachments >= 0,
-            "max_attachment_bytes": self.max_attachment_bytes >= 1,
-        }
-        check_settings("limits", self, checks)
+        check_bounds("limits", self)
 
 
 def check_query(query: Query, limits: InputLimits | None = None) -> None:

@@ -22,12 +22,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Protocol, runtime_checkable
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
 from .backends.base import Backend, ChunkCallback, Completion, GenerationSettings
-from .errors import BackendError, BackendUnavailable, check_settings
+from .bounds import Ge, Gt, check_bounds
+from .errors import BackendError, BackendUnavailable
 from .logging import get_logger
 from .types import Message
 
@@ -50,19 +51,13 @@ class RetryPolicy:
         jitter_s: up to this much random time is added to each backoff.
     """
 
-    attempts: int = 3
-    initial_s: float = 0.5
-    max_s: float = 8.0
-    jitter_s: float = 0.5
+    attempts: Annotated[int, Ge(1)] = 3
+    initial_s: Annotated[float, Ge(0.0)] = 0.5
+    max_s: Annotated[float, Ge(0.0)] = 8.0
+    jitter_s: Annotated[float, Ge(0.0)] = 0.5
 
     def __post_init__(self) -> None:
-        checks = {
-            "attempts": self.attempts >= 1,
-            "initial_s": self.initial_s >= 0.0,
-            "max_s": self.max_s >= self.initial_s,
-            "jitter_s": self.jitter_s >= 0.0,
-        }
-        check_settings("retry", self, checks)
+        check_bounds("retry", self, {"max_s": self.max_s >= self.initial_s})
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +69,11 @@ class BreakerPolicy:
         cooldown_s: how long it stays open before a trial call.
     """
 
-    failures: int = 5
-    cooldown_s: float = 30.0
+    failures: Annotated[int, Ge(1)] = 5
+    cooldown_s: Annotated[float, Gt(0.0)] = 30.0
 
     def __post_init__(self) -> None:
-        check_settings("circuit", self, {"failures": self.failures >= 1, "cooldown_s": self.cooldown_s > 0.0})
+        check_bounds("circuit", self)
 
 
 class CircuitBreaker:

@@ -34,6 +34,7 @@ from ..routing.permission import SelectConfig
 from ..routing.router import Router, RouterConfig
 from ..routing.rules import Rule
 from ..routing.trust import TrustStore
+from .derive import build
 from .spec import (
     ExpertSpec,
     GuardSpec,
@@ -84,14 +85,12 @@ class _Builder:
             return None
         trust = self.spec.trust
         return Residency(
-            ResidencyConfig(
+            build(
+                ResidencyConfig,
+                r,
                 budget_bytes=int(r.memory_budget_gb * GB),
                 hysteresis=trust.hysteresis if trust is not None else SelectConfig().hysteresis,
                 bandwidth_bytes_per_s=r.bandwidth_gb_s * GB,
-                swap_cost_weight=r.swap_cost_weight,
-                swap_budget_s=r.swap_budget_s,
-                swap_window_s=r.swap_window_s,
-                wait_s=r.wait_s,
             )
         )
 
@@ -122,12 +121,7 @@ class _Builder:
         except ConfigError as exc:
             raise self.error(exc.message, _loc(exc.key)) from None
         trust = self.spec.trust if self.spec.trust is not None and self.spec.trust.enabled else None
-        budget = None
-        if trust is not None:
-            b = trust.budget
-            budget = BudgetConfig(
-                usd=b.usd, tokens=b.tokens, cheap_price=b.cheap_price, max_sessions=b.max_sessions
-            )
+        budget = build(BudgetConfig, trust.budget) if trust is not None else None
         rt = self.spec.runtime
         try:
             pipeline = Pipeline(
@@ -135,7 +129,7 @@ class _Builder:
                 router=self.router(encoder, names),
                 aggregator=aggregator,
                 budget=budget,
-                limits=InputLimits(**self.spec.limits.model_dump()),
+                limits=build(InputLimits, self.spec.limits),
                 request_timeout_s=rt.request_timeout_s,
                 max_concurrency=rt.max_concurrency,
                 max_queue=rt.max_queue,
@@ -172,14 +166,13 @@ class _Builder:
             except ConfigError as exc:
                 raise self.error(exc.message, ("management", key)) from None
         try:
-            return ManagementConfig(
-                auto_scale=m.auto_scale,
-                remove_underperforming=m.remove_underperforming,
-                interval_s=m.interval_s,
-                ab_tests=tuple(
-                    ABTest(t.name, t.control, t.treatment, fraction=t.fraction, seed=t.seed) for t in tests
-                ),
-                **built,
+            return build(
+                ManagementConfig,
+                m,
+                ranking=built["ranking"],
+                scaling=built["scaling"],
+                health=built.get("health"),
+                ab_tests=tuple(build(ABTest, t) for t in tests),
             )
         except ConfigError as exc:
             raise self.error(exc.message, ("ab_tests",)) from None
@@ -190,14 +183,7 @@ class _Builder:
             return None
         path = None if m.path is None else m.path if m.path == ":memory:" else _relative(m.path, self.base)
         try:
-            config = MemoryConfig(
-                path,
-                m.recent_turns,
-                m.recall_k,
-                tuple(m.weights),  # type: ignore[arg-type]
-                similarity_threshold=m.similarity_threshold,
-                same_expert=m.same_expert,
-            )
+            config = build(MemoryConfig, m, path=path)
             return MemoryStore(config, encoder=encoder)
         except MoEError as exc:
             raise self.error(str(exc), ("memory",)) from None
@@ -207,16 +193,7 @@ class _Builder:
         if t is None or not t.enabled:
             return None, SelectConfig(), ContextConfig(), None
         try:
-            select = SelectConfig(
-                min_evidence=t.min_evidence,
-                epsilon=t.epsilon,
-                low_trust_threshold=t.low_trust_threshold,
-                hysteresis=t.hysteresis,
-                cost_weight=t.cost_weight,
-                capable=t.capable,
-            )
-            c = t.context
-            context = ContextConfig(kind=c.kind, clusters=c.clusters, online=c.online, seed=c.seed)  # type: ignore[arg-type]
+            select, context = build(SelectConfig, t), build(ContextConfig, t.context)
         except ConfigError as exc:
             raise self.error(exc.message, ("trust",)) from None
         path = None if t.path is None else t.path if t.path == ":memory:" else _relative(t.path, self.base)
@@ -237,17 +214,10 @@ class _Builder:
         store, select, context, seed = self.trust()
         try:
             gate_config = GateConfig(**r.gate)
-            config = RouterConfig(
-                top_k=r.top_k,
-                min_confidence=r.min_confidence,
-                gate_weight=r.gate_weight,
-                fallback_expert=r.fallback_expert,
+            config = build(
+                RouterConfig,
+                r,
                 assess_top=max(r.assess_top, r.top_k),
-                overload_penalty=r.overload_penalty,
-                cache_size=r.cache_size,
-                batch_window_s=r.batch_window_s,
-                max_batch=r.max_batch,
-                gate_cache_dir=r.gate_cache_dir,
                 gate=gate_config,
                 selection=select,
                 context=context,
@@ -330,8 +300,8 @@ class _Builder:
                     built = ResidentBackend(built, residency)  # loaded on demand, within the budget
                 self.by_spec[key] = GuardedBackend(
                     built,
-                    retry=RetryPolicy(**guard_spec.retry.model_dump()),
-                    breaker=BreakerPolicy(**guard_spec.circuit.model_dump()),
+                    retry=build(RetryPolicy, guard_spec.retry),
+                    breaker=build(BreakerPolicy, guard_spec.circuit),
                     residency=residency,
                 )
             except (TypeError, ValueError, ConfigError) as exc:
@@ -413,13 +383,7 @@ class _Builder:
                 raise self.error(exc.message, (*loc, "scorer")) from None
         context_tokens = ExpertPolicy().context_tokens if spec.context_tokens is None else spec.context_tokens
         try:
-            return ExpertPolicy(
-                max_load=spec.max_load,
-                timeout_s=spec.timeout_s,
-                price=spec.price,
-                scorer=scorer,
-                context_tokens=context_tokens,
-            )
+            return build(ExpertPolicy, spec, scorer=scorer, context_tokens=context_tokens)
         except ConfigError as exc:
             raise self.error(exc.message, loc) from None
 

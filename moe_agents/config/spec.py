@@ -8,12 +8,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from ..budget import BudgetConfig
-from ..continuity import THRESHOLD as CONTINUE_THRESHOLD
 from ..errors import ConfigError
+from ..experts.policy import ExpertPolicy
 from ..inputs import InputLimits
+from ..management.ab import ABTest
+from ..management.manager import ManagementConfig
+from ..memory.values import MemoryConfig
 from ..reliability import BreakerPolicy, RetryPolicy
 from ..residency import GB, ResidencyConfig
 from ..resources import BUNDLED_ENCODER
@@ -21,6 +24,7 @@ from ..routing.context import ContextConfig
 from ..routing.permission import SelectConfig
 from ..routing.router import RouterConfig
 from ..server.settings import ServerConfig
+from .derive import Section, limits, section
 
 __all__ = [
     "ABTestSpec",
@@ -52,11 +56,7 @@ Loc = tuple[str | int, ...]
 """A key path in a configuration (``("experts", 2, "kind")``)."""
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-_ROUTER = RouterConfig()
+_Spec = Section
 
 
 class RuleSpec(_Spec):
@@ -67,61 +67,33 @@ class RuleSpec(_Spec):
     name: str | None = None
 
 
-class RouterSpec(_Spec):
-    """``router:`` (defaults: those of ``RouterConfig``)"""
+class RouterSpec(section(RouterConfig, exclude=("gate", "selection", "context", "momentum", "seed"))):  # type: ignore[misc]
+    """``router:``: the scalar fields of ``RouterConfig`` (their defaults and bounds), the encoder,
+    the gate (``gate:`` takes ``GateConfig``'s fields, ``momentum:`` ``MomentumConfig``'s), rules and
+    exemplars. Trust-first ranking (``selection``, ``context``, ``seed``) is set under ``trust:``."""
 
     encoder: str = BUNDLED_ENCODER
-    top_k: int = Field(default=_ROUTER.top_k, ge=1)
-    min_confidence: float = Field(default=_ROUTER.min_confidence, ge=0.0, le=1.0)
-    gate_weight: float = Field(default=_ROUTER.gate_weight, ge=0.0, le=1.0)
-    fallback_expert: str | None = None
-    assess_top: int = Field(default=_ROUTER.assess_top, ge=1)
-    overload_penalty: float = Field(default=_ROUTER.overload_penalty, ge=0.0, le=1.0)
-    cache_size: int = Field(default=_ROUTER.cache_size, ge=0)
-    batch_window_s: float = Field(default=_ROUTER.batch_window_s, ge=0.0)
-    max_batch: int = Field(default=_ROUTER.max_batch, ge=1)
-    gate_cache_dir: str | None = _ROUTER.gate_cache_dir
-    gate: dict[str, Any] = {}
+    gate: dict[str, Any] = Field(default_factory=dict)
     gate_path: str | None = None
     exemplars_file: str | None = None
-    rules: list[RuleSpec] = []
-    momentum: dict[str, Any] = {}
+    rules: list[RuleSpec] = Field(default_factory=list)
+    momentum: dict[str, Any] = Field(default_factory=dict)
 
 
-_SELECT = SelectConfig()
-_CONTEXT = ContextConfig()
-_BUDGET = BudgetConfig()
+class ContextSpec(section(ContextConfig)):  # type: ignore[misc]
+    """``trust.context:``: the fields of ``ContextConfig``."""
 
 
-class ContextSpec(_Spec):
-    """``trust.context:``"""
-
-    kind: str = _CONTEXT.kind
-    clusters: int = Field(default=_CONTEXT.clusters, ge=1)
-    online: bool = _CONTEXT.online
-    seed: int = _CONTEXT.seed
+class BudgetSpec(section(BudgetConfig)):  # type: ignore[misc]
+    """``trust.budget:`` (per session): the fields of ``BudgetConfig``."""
 
 
-class BudgetSpec(_Spec):
-    """``trust.budget:`` (per session)"""
-
-    usd: float | None = Field(default=None, ge=0.0)
-    tokens: int | None = Field(default=None, ge=0)
-    cheap_price: float = Field(default=_BUDGET.cheap_price, ge=0.0)
-    max_sessions: int = Field(default=_BUDGET.max_sessions, ge=1)
-
-
-class TrustSpec(_Spec):
-    """``trust:`` (defaults: the seed's, via ``SelectConfig``, ``ContextConfig`` and ``TrustStore``)"""
+class TrustSpec(section(SelectConfig)):  # type: ignore[misc]
+    """``trust:``: the fields of ``SelectConfig``, the store (``path``, ``decay`` and ``prior``,
+    which ``TrustStore`` checks), ``context:`` and ``budget:``, and the exploration ``seed``."""
 
     enabled: bool = True
     path: str | None = None
-    min_evidence: int = Field(default=_SELECT.min_evidence, ge=1)
-    epsilon: float = Field(default=_SELECT.epsilon, ge=0.0, le=1.0)
-    low_trust_threshold: float = Field(default=_SELECT.low_trust_threshold, ge=0.0, le=1.0)
-    hysteresis: float = Field(default=_SELECT.hysteresis, ge=0.0)
-    cost_weight: float = Field(default=_SELECT.cost_weight, ge=0.0)
-    capable: float = Field(default=_SELECT.capable, ge=0.0, le=1.0)
     decay: float = Field(default=0.98, gt=0.0, le=1.0)
     prior: float = Field(default=0.5, ge=0.0, le=1.0)
     context: ContextSpec = ContextSpec()
@@ -132,35 +104,26 @@ class TrustSpec(_Spec):
 _RESIDENCY = ResidencyConfig(budget_bytes=1)  # the budget has no default; the other fields do
 
 
-class ResourcesSpec(_Spec):
-    """``resources:``: memory for local models (``transformers`` backends)."""
+class ResourcesSpec(
+    section(ResidencyConfig, exclude=("budget_bytes", "bandwidth_bytes_per_s", "hysteresis"))  # type: ignore[misc]
+):
+    """``resources:``: memory for local models (``transformers`` backends); ``ResidencyConfig``'s
+    fields, with the budget and the bandwidth in GB (no budget: no residency). Its hysteresis is
+    the trust section's."""
 
-    memory_budget_gb: float | None = Field(default=None, gt=0.0)
-    bandwidth_gb_s: float = Field(default=_RESIDENCY.bandwidth_bytes_per_s / GB, gt=0.0)
-    swap_cost_weight: float = Field(default=_RESIDENCY.swap_cost_weight, ge=0.0)
-    swap_budget_s: float | None = Field(default=None, ge=0.0)
-    swap_window_s: float = Field(default=_RESIDENCY.swap_window_s, gt=0.0)
-    wait_s: float | None = Field(default=_RESIDENCY.wait_s, ge=0.0)
-
-
-_RETRY = RetryPolicy()
-_BREAKER = BreakerPolicy()
+    memory_budget_gb: float | None = Field(default=None, **limits(ResidencyConfig, "budget_bytes"))
+    bandwidth_gb_s: float = Field(
+        default=_RESIDENCY.bandwidth_bytes_per_s / GB, **limits(ResidencyConfig, "bandwidth_bytes_per_s")
+    )
 
 
-class RetrySpec(_Spec):
-    """``retry:`` of a backend: retries of retryable errors (rate limits, timeouts, 5xx)."""
-
-    attempts: int = Field(default=_RETRY.attempts, ge=1)
-    initial_s: float = Field(default=_RETRY.initial_s, ge=0.0)
-    max_s: float = Field(default=_RETRY.max_s, ge=0.0)
-    jitter_s: float = Field(default=_RETRY.jitter_s, ge=0.0)
+class RetrySpec(section(RetryPolicy)):  # type: ignore[misc]
+    """``retry:`` of a backend: retries of retryable errors (rate limits, timeouts, 5xx); the fields
+    of ``RetryPolicy``."""
 
 
-class CircuitSpec(_Spec):
-    """``circuit:`` of a backend: its circuit breaker."""
-
-    failures: int = Field(default=_BREAKER.failures, ge=1)
-    cooldown_s: float = Field(default=_BREAKER.cooldown_s, gt=0.0)
+class CircuitSpec(section(BreakerPolicy)):  # type: ignore[misc]
+    """``circuit:`` of a backend: its circuit breaker; the fields of ``BreakerPolicy``."""
 
 
 class GuardSpec(_Spec):
@@ -170,58 +133,35 @@ class GuardSpec(_Spec):
     circuit: CircuitSpec = CircuitSpec()
 
 
-_LIMITS = InputLimits()
-
-
-class LimitsSpec(_Spec):
-    """``limits:``: bounds on queries."""
-
-    max_query_chars: int = Field(default=_LIMITS.max_query_chars, ge=1)
-    max_attachments: int = Field(default=_LIMITS.max_attachments, ge=0)
-    max_attachment_bytes: int = Field(default=_LIMITS.max_attachment_bytes, ge=1)
+class LimitsSpec(section(InputLimits)):  # type: ignore[misc]
+    """``limits:``: bounds on queries; the fields of ``InputLimits``."""
 
 
 class RuntimeSpec(_Spec):
-    """``runtime:``: deadlines and capacity of the whole pipeline."""
+    """``runtime:``: deadlines and capacity of the whole pipeline (``Pipeline``'s arguments)."""
 
     request_timeout_s: float | None = Field(default=None, gt=0.0)
     max_concurrency: int | None = Field(default=None, ge=1)
     max_queue: int = Field(default=0, ge=0)
 
 
-class MemorySpec(_Spec):
+class MemorySpec(section(MemoryConfig)):  # type: ignore[misc]
     """``memory:``: conversation memory for queries with a ``session_id``; the fields of
     ``MemoryConfig`` (``similarity_threshold`` and ``same_expert`` decide when recent turns are
     given, see ``moe_agents.continuity``)."""
 
-    path: str | None = None
-    recent_turns: int = Field(default=8, ge=0)
-    recall_k: int = Field(default=3, ge=0)
-    weights: list[float] = Field(default=[0.3, 0.2, 0.3, 0.2], min_length=4, max_length=4)
-    similarity_threshold: float = Field(default=CONTINUE_THRESHOLD, ge=-1.0, le=1.0)
-    same_expert: bool = True
 
+class ManagementSpec(section(ManagementConfig, exclude=("ranking", "scaling", "health", "ab_tests"))):  # type: ignore[misc]
+    """``management:``: ``ManagementConfig``'s fields; the nested mappings take the fields of
+    ``RankingWeights``, ``ScalingPolicy`` and ``HealthPolicy``."""
 
-class ManagementSpec(_Spec):
-    """``management:``; the nested mappings take the fields of ``RankingWeights``,
-    ``ScalingPolicy`` and ``HealthPolicy``."""
-
-    ranking: dict[str, float] = {}
-    auto_scale: bool = False
-    remove_underperforming: bool = False
-    scaling: dict[str, Any] = {}
+    ranking: dict[str, float] = Field(default_factory=dict)
+    scaling: dict[str, Any] = Field(default_factory=dict)
     health: dict[str, Any] | None = None
-    interval_s: float = Field(default=5.0, gt=0.0)
 
 
-class ABTestSpec(_Spec):
-    """One entry of ``ab_tests:``."""
-
-    name: str = Field(min_length=1)
-    control: str
-    treatment: str
-    fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
-    seed: int = 0
+class ABTestSpec(section(ABTest)):  # type: ignore[misc]
+    """One entry of ``ab_tests:``: the fields of ``ABTest``."""
 
 
 class AggregationSpec(_Spec):
@@ -229,7 +169,7 @@ class AggregationSpec(_Spec):
 
     strategy: str = "weighted"
     synthesis_expert: str | None = None
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class SettingsSpec(_Spec):
@@ -255,24 +195,23 @@ class DocumentSpec(_Spec):
         return base / Path(self.path).expanduser()  # type: ignore[arg-type]
 
 
-class ExpertSpec(_Spec):
-    """One entry of ``experts:``. ``options`` are passed to the kind's constructor as keywords."""
+class ExpertSpec(section(ExpertPolicy, exclude=("scorer", "context_tokens"))):  # type: ignore[misc]
+    """One entry of ``experts:``: its kind, backends and prompt, the fields of its ``ExpertPolicy``
+    (``scorer`` by registered name), and ``options``, the kind's own (validated by the kind's
+    options model in the registry)."""
 
     name: str = Field(min_length=1)
     kind: str
-    backends: list[str | dict[str, Any]] = []
-    max_load: int = Field(default=4, ge=1)
-    timeout_s: float | None = Field(default=120.0, gt=0)
+    backends: list[str | dict[str, Any]] = Field(default_factory=list)
     system_prompt: str | None = None
     exemplars: list[str] | None = None
     documents: list[str | DocumentSpec] | None = None
     settings: SettingsSpec | None = None
-    price: float = Field(default=0.0, ge=0.0)
     scorer: str | None = None
-    context_tokens: int | None = Field(default=None, ge=0)
+    context_tokens: int | None = Field(default=None, **limits(ExpertPolicy, "context_tokens"))
     adapter: str | None = None
     routed: bool = True
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class PipelineSpec(_Spec):
@@ -282,7 +221,7 @@ class PipelineSpec(_Spec):
     description: str | None = None
     router: RouterSpec = RouterSpec()
     aggregation: AggregationSpec = AggregationSpec()
-    backends: dict[str, dict[str, Any]] = {}
+    backends: dict[str, dict[str, Any]] = Field(default_factory=dict)
     experts: list[ExpertSpec] = Field(min_length=1)
     trust: TrustSpec | None = None
     resources: ResourcesSpec = ResourcesSpec()
@@ -290,7 +229,7 @@ class PipelineSpec(_Spec):
     runtime: RuntimeSpec = RuntimeSpec()
     memory: MemorySpec | None = None
     management: ManagementSpec = ManagementSpec()
-    ab_tests: list[ABTestSpec] = []
+    ab_tests: list[ABTestSpec] = Field(default_factory=list)
     server: ServerConfig = ServerConfig()
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated
 
-from ..errors import ConfigError
+from ..bounds import Ge, Gt, check_bounds
 from ..types import Answer, Query
 
 __all__ = ["ExpertPolicy", "Scorer"]
@@ -38,19 +39,12 @@ class ExpertPolicy:
         ConfigError: a value is out of range.
     """
 
-    max_load: int = 4
-    timeout_s: float | None = 120.0
-    price: float = 0.0
+    max_load: Annotated[int, Ge(1)] = 4
+    timeout_s: Annotated[float, Gt(0.0)] | None = 120.0
+    price: Annotated[float, Ge(0.0)] = 0.0
     scorer: Scorer | None = None
-    context_tokens: int = 512
+    context_tokens: Annotated[int, Ge(0)] = 512
 
     def __post_init__(self) -> None:
-        if self.max_load < 1:
-            raise ConfigError(f"max_load must be >= 1, got {self.max_load}")
-        if self.timeout_s is not None and self.timeout_s <= 0:
-            raise ConfigError(f"timeout_s must be > 0, got {self.timeout_s}")
-        if self.price < 0:
-            raise ConfigError(f"price must be >= 0, got {self.price}")
-        if self.context_tokens < 0:
-            raise ConfigError(f"context_tokens must be >= 0, got {self.context_tokens}")
+        check_bounds("expert policy", self)
         object.__setattr__(self, "price", float(self.price))

@@ -17,8 +17,10 @@ import random
 from collections.abc import Iterable
 from dataclasses import KW_ONLY, dataclass, field
 from statistics import NormalDist
+from typing import Annotated
 
-from ..errors import ConfigError, InvalidInput, check_settings, check_unit
+from ..bounds import Interval, MinLen, check_bounds
+from ..errors import ConfigError, InvalidInput, check_unit
 from ..logging import get_logger
 
 __all__ = ["ABReport", "ABTest", "ABTracker", "VariantReport"]
@@ -38,21 +40,15 @@ class ABTest:
         seed: seeds both the key hash and the random draws (same seed, same assignments).
     """
 
-    name: str
-    control: str
-    treatment: str
+    name: Annotated[str, MinLen(1)]
+    control: Annotated[str, MinLen(1)]
+    treatment: Annotated[str, MinLen(1)]
     _: KW_ONLY
-    fraction: float = 0.5
+    fraction: Annotated[float, Interval(gt=0.0, lt=1.0)] = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
-        checks = {
-            "name": bool(self.name),
-            "control": bool(self.control),
-            "treatment": bool(self.treatment) and self.treatment != self.control,
-            "fraction": 0.0 < self.fraction < 1.0,
-        }
-        check_settings("A/B test", self, checks)
+        check_bounds("A/B test", self, {"treatment": self.treatment != self.control})
 
     @property
     def variants(self) -> tuple[str, str]:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import anyio
 
 from ..backends.base import GenerationSettings
-from ..errors import check_settings
+from ..bounds import Gt, check_bounds
 from ..logging import get_logger
 from ..types import ExpertScore, Query, Result, Selection
 from .ab import ABTest, ABTracker
@@ -55,11 +55,11 @@ class ManagementConfig:
     remove_underperforming: bool = False
     scaling: ScalingPolicy = field(default_factory=ScalingPolicy)
     health: HealthPolicy | None = None
-    interval_s: float = 5.0
+    interval_s: Annotated[float, Gt(0.0)] = 5.0
     ab_tests: tuple[ABTest, ...] = ()
 
     def __post_init__(self) -> None:
-        check_settings("management", self, {"interval_s": self.interval_s > 0})
+        check_bounds("management", self)
 
 
 class Manager:

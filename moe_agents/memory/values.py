@@ -6,9 +6,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
+from ..bounds import Ge, Interval, check_bounds
 from ..continuity import THRESHOLD
-from ..errors import check_settings
 
 __all__ = [
     "CACHED_SESSIONS",
@@ -57,10 +58,10 @@ class MemoryConfig:
     """
 
     path: str | Path | None = None
-    recent_turns: int = 8
-    recall_k: int = 3
+    recent_turns: Annotated[int, Ge(0)] = 8
+    recall_k: Annotated[int, Ge(0)] = 3
     weights: tuple[float, float, float, float] = (0.3, 0.2, 0.3, 0.2)
-    similarity_threshold: float = THRESHOLD
+    similarity_threshold: Annotated[float, Interval(ge=-1.0, le=1.0)] = THRESHOLD
     same_expert: bool = True
 
     def __post_init__(self) -> None:
@@ -69,15 +70,14 @@ class MemoryConfig:
         finite = len(weights) == 4 and all(
             isinstance(w, int | float) and math.isfinite(w) and w >= 0 for w in weights
         )
-        check_settings(
+        check_bounds(
             "memory",
             self,
             {
-                "recent_turns": isinstance(self.recent_turns, int) and self.recent_turns >= 0,
-                "recall_k": isinstance(self.recall_k, int) and self.recall_k >= 0,
+                "recent_turns": isinstance(self.recent_turns, int),
+                "recall_k": isinstance(self.recall_k, int),
                 "weights": finite and sum(weights) > 0,
-                "similarity_threshold": isinstance(self.similarity_threshold, int | float)
-                and -1.0 <= self.similarity_threshold <= 1.0,
+                "similarity_threshold": isinstance(self.similarity_threshold, int | float),
                 "same_expert": isinstance(self.same_expert, bool),
             },
         )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
-from ..errors import check_settings
+from ..bounds import Ge, Gt, check_bounds
 
 __all__ = ["GB", "ResidencyConfig"]
 
@@ -29,22 +30,13 @@ class ResidencyConfig:
             ``None`` waits for ever.
     """
 
-    budget_bytes: int
-    hysteresis: float = 0.2
-    bandwidth_bytes_per_s: float = 1e9
-    swap_cost_weight: float = 1.0
-    swap_budget_s: float | None = None
-    swap_window_s: float = 60.0
-    wait_s: float | None = 60.0
+    budget_bytes: Annotated[int, Gt(0)]
+    hysteresis: Annotated[float, Ge(0.0)] = 0.2
+    bandwidth_bytes_per_s: Annotated[float, Gt(0.0)] = 1e9
+    swap_cost_weight: Annotated[float, Ge(0.0)] = 1.0
+    swap_budget_s: Annotated[float, Ge(0.0)] | None = None
+    swap_window_s: Annotated[float, Gt(0.0)] = 60.0
+    wait_s: Annotated[float, Gt(0.0)] | None = 60.0
 
     def __post_init__(self) -> None:
-        checks = {
-            "budget_bytes": self.budget_bytes > 0,
-            "hysteresis": self.hysteresis >= 0.0,
-            "bandwidth_bytes_per_s": self.bandwidth_bytes_per_s > 0.0,
-            "swap_cost_weight": self.swap_cost_weight >= 0.0,
-            "swap_budget_s": self.swap_budget_s is None or self.swap_budget_s >= 0.0,
-            "swap_window_s": self.swap_window_s > 0.0,
-            "wait_s": self.wait_s is None or self.wait_s > 0.0,
-        }
-        check_settings("residency", self, checks)
+        check_bounds("residency", self)

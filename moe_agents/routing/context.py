@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal, get_args
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..bounds import Ge, check_bounds
 
 __all__ = ["ContextConfig", "ContextKind", "KMeansContexts", "gate_context", "kmeans"]
 
@@ -36,15 +36,12 @@ class ContextConfig:
     """
 
     kind: ContextKind = "gate"
-    clusters: int = 16
+    clusters: Annotated[int, Ge(1)] = 16
     online: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("global", "gate", "cluster"):
-            raise ConfigError(f"trust.context must be 'global', 'gate' or 'cluster', got {self.kind!r}")
-        if self.clusters < 1:
-            raise ConfigError(f"trust.clusters must be >= 1, got {self.clusters}")
+        check_bounds("trust.context", self, {"kind": self.kind in get_args(ContextKind)})
 
 
 def kmeans(

@@ -26,11 +26,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 
-from ..errors import check_settings
+from ..bounds import Ge, Unit, check_bounds
 from ..types import ExpertScore, Selection
 
 __all__ = ["Candidates", "Preset", "SelectConfig", "permission", "select"]
@@ -85,23 +85,15 @@ class SelectConfig:
             least this share of the best expertise.
     """
 
-    min_evidence: int = 3
-    epsilon: float = 0.0
-    low_trust_threshold: float = 0.3
-    hysteresis: float = 0.2
-    cost_weight: float = 1.0
-    capable: float = 0.5
+    min_evidence: Annotated[int, Ge(1)] = 3
+    epsilon: Annotated[float, Unit] = 0.0
+    low_trust_threshold: Annotated[float, Unit] = 0.3
+    hysteresis: Annotated[float, Ge(0.0)] = 0.2
+    cost_weight: Annotated[float, Ge(0.0)] = 1.0
+    capable: Annotated[float, Unit] = 0.5
 
     def __post_init__(self) -> None:
-        checks = {
-            "min_evidence": self.min_evidence >= 1,
-            "epsilon": 0.0 <= self.epsilon <= 1.0,
-            "low_trust_threshold": 0.0 <= self.low_trust_threshold <= 1.0,
-            "hysteresis": self.hysteresis >= 0.0,
-            "cost_weight": self.cost_weight >= 0.0,
-            "capable": 0.0 <= self.capable <= 1.0,
-        }
-        check_settings("selection", self, checks)
+        check_bounds("selection", self)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,11 +20,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import anyio
 import numpy as np
 
+from ..bounds import Ge, Unit, check_bounds
 from ..errors import BackendUnavailable, ConfigError, NoCapableExpert
 from ..logging import get_logger
 from ..resources import cache_folder
@@ -75,16 +76,16 @@ class RouterConfig:
         seed: seeds exploration (``None``: fresh randomness).
     """
 
-    top_k: int = 1
-    min_confidence: float = 0.0
-    gate_weight: float = 0.6
+    top_k: Annotated[int, Ge(1)] = 1
+    min_confidence: Annotated[float, Unit] = 0.0
+    gate_weight: Annotated[float, Unit] = 0.6
     fallback_expert: str | None = None
-    overload_penalty: float = 0.5
-    assess_top: int = 16
+    overload_penalty: Annotated[float, Unit] = 0.5
+    assess_top: Annotated[int, Ge(1)] = 16
     gate: GateConfig = field(default_factory=GateConfig)
-    cache_size: int = 1024
-    batch_window_s: float = 0.0
-    max_batch: int = 64
+    cache_size: Annotated[int, Ge(0)] = 1024
+    batch_window_s: Annotated[float, Ge(0.0)] = 0.0
+    max_batch: Annotated[int, Ge(1)] = 64
     gate_cache_dir: str | None = None
     selection: SelectConfig = field(default_factory=SelectConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
@@ -92,21 +93,7 @@ class RouterConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.top_k < 1:
-            raise ConfigError(f"router.top_k must be >= 1, got {self.top_k}")
-        if not 0.0 <= self.gate_weight <= 1.0:
-            raise ConfigError(f"router.gate_weight must be in [0, 1], got {self.gate_weight}")
-        if not 0.0 <= self.min_confidence <= 1.0:
-            raise ConfigError(f"router.min_confidence must be in [0, 1], got {self.min_confidence}")
-        if self.assess_top < self.top_k:
-            raise ConfigError(f"router.assess_top ({self.assess_top}) must be >= top_k ({self.top_k})")
-        if not 0.0 <= self.overload_penalty <= 1.0:
-            raise ConfigError(f"router.overload_penalty must be in [0, 1], got {self.overload_penalty}")
-        if self.cache_size < 0 or self.max_batch < 1 or not self.batch_window_s >= 0.0:
-            raise ConfigError(
-                "router.cache_size must be >= 0, max_batch >= 1 and batch_window_s >= 0; got "
-                f"{self.cache_size}, {self.max_batch}, {self.batch_window_s}"
-            )
+        check_bounds("router", self, {"assess_top": self.assess_top >= self.top_k})
 
 
 def gate_cache_dir(config: RouterConfig | None = None) -> Path | None:
