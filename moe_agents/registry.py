@@ -1,5 +1,9 @@
 """The registry of kinds that YAML may name: experts, backends, aggregators and scorers.
 
+Every kind follows one contract: a pydantic model of its YAML options and a way to build it
+(``BackendKind``, ``ExpertKind``, ``AggregatorKind``); the YAML builder validates a kind's options
+with its model, so an unknown option is an error at its file, line and key that names the valid ones.
+
 Names in YAML resolve only through this registry (built-ins, what ``register_*`` added, and the
 entry points groups ``moe_agents.experts``, ``moe_agents.backends``, ``moe_agents.aggregators``,
 ``moe_agents.scorers``);
@@ -20,9 +24,19 @@ from .backends.base import Backend
 from .backends.specs import BUILTIN_BACKENDS, BackendKind
 from .errors import ConfigError
 from .experts.base import Expert, Scorer
+from .kinds import (
+    BUILTIN_AGGREGATOR_KINDS,
+    BUILTIN_EXPERT_KINDS,
+    AggregatorKind,
+    AggregatorOptions,
+    ExpertKind,
+    ExpertOptions,
+)
 
 __all__ = [
+    "AggregatorKind",
     "BackendKind",
+    "ExpertKind",
     "Registry",
     "register_aggregator",
     "register_backend",
@@ -38,6 +52,8 @@ T = TypeVar("T")
 class _Table(Generic[T]):
     what: str
     group: str
+    coerce: Callable[[Any], T] = lambda item: item
+    """Turns what an entry point loads into an item (an expert class into its ``ExpertKind``)."""
     items: dict[str, T] = field(default_factory=dict)
     _scanned: bool = False
 
@@ -50,7 +66,7 @@ class _Table(Generic[T]):
         if name not in self.items and not self._scanned:
             self._scanned = True
             for ep in entry_points(group=self.group):
-                self.items.setdefault(ep.name, ep.load())
+                self.items.setdefault(ep.name, self.coerce(ep.load()))
         try:
             return self.items[name]
         except KeyError:
@@ -64,24 +80,32 @@ class Registry:
     """Expert kinds, backend kinds, aggregator strategies and quality scorers by name."""
 
     def __init__(self) -> None:
-        self.experts: _Table[type[Expert]] = _Table("expert kind", "moe_agents.experts")
+        self.experts: _Table[ExpertKind] = _Table("expert kind", "moe_agents.experts", _expert_kind)
         self.backends: _Table[BackendKind] = _Table("backend kind", "moe_agents.backends")
-        self.aggregators: _Table[type[Aggregator]] = _Table("aggregation strategy", "moe_agents.aggregators")
+        self.aggregators: _Table[AggregatorKind] = _Table(
+            "aggregation strategy", "moe_agents.aggregators", _aggregator_kind
+        )
         self.scorers: _Table[Scorer] = _Table("scorer", "moe_agents.scorers")
 
 
+def _expert_kind(item: Any) -> ExpertKind:
+    return item if isinstance(item, ExpertKind) else ExpertKind(item)
+
+
+def _aggregator_kind(item: Any) -> AggregatorKind:
+    return item if isinstance(item, AggregatorKind) else AggregatorKind(item)
+
+
 def _builtin_registry() -> Registry:
-    from .aggregators import BUILTIN_AGGREGATORS
-    from .experts import BUILTIN_EXPERTS
     from .scorers import BUILTIN_SCORERS
 
     reg = Registry()
-    for kind, cls in BUILTIN_EXPERTS.items():
-        reg.experts.add(kind, cls)
+    for kind, expert_kind in BUILTIN_EXPERT_KINDS.items():
+        reg.experts.add(kind, expert_kind)
     for kind, backend_kind in BUILTIN_BACKENDS.items():
         reg.backends.add(kind, backend_kind)
-    for name, agg in BUILTIN_AGGREGATORS.items():
-        reg.aggregators.add(name, agg)
+    for name, aggregator_kind in BUILTIN_AGGREGATOR_KINDS.items():
+        reg.aggregators.add(name, aggregator_kind)
     for name, scorer in BUILTIN_SCORERS.items():
         reg.scorers.add(name, scorer)
     return reg
@@ -91,9 +115,17 @@ registry = _builtin_registry()
 """The registry YAML pipelines use unless given another."""
 
 
-def register_expert(kind: str, cls: type[Expert]) -> None:
-    """Makes ``kind: <kind>`` in YAML build ``cls`` (it receives the expert's YAML fields as keywords)."""
-    registry.experts.add(kind, cls)
+def register_expert(
+    kind: str, cls: type[Expert], options: type[BaseModel] = ExpertOptions, *, encoder: bool = False
+) -> None:
+    """Makes ``kind: <kind>`` in YAML build ``cls``.
+
+    ``cls`` is called with every expert's keys (``name``, ``policy``, and ``backends``,
+    ``system_prompt``, ``exemplars``, ``settings`` when given; an ``LLMExpert`` takes them all) and
+    the keys of ``options`` that YAML set under ``options:`` (an ``ExpertOptions`` subclass; the
+    default has none). ``encoder``: it also takes the pipeline's encoder as ``encoder``.
+    """
+    registry.experts.add(kind, ExpertKind(cls, options, encoder=encoder))
 
 
 def register_backend(
@@ -112,9 +144,13 @@ def register_backend(
     registry.backends.add(kind, BackendKind(spec, build, local_paths=local_paths, resident=resident))
 
 
-def register_aggregator(name: str, cls: type[Aggregator]) -> None:
-    """Makes ``aggregation.strategy: <name>`` use ``cls``."""
-    registry.aggregators.add(name, cls)
+def register_aggregator(
+    name: str, cls: type[Aggregator], options: type[BaseModel] = AggregatorOptions
+) -> None:
+    """Makes ``aggregation.strategy: <name>`` build ``cls`` with the keys of ``options`` (an
+    ``AggregatorOptions`` subclass; the default has none) that YAML set under ``aggregation.options:``
+    (and ``aggregation.synthesis_expert:``), as keywords."""
+    registry.aggregators.add(name, AggregatorKind(cls, options))
 
 
 def register_scorer(name: str, scorer: Scorer) -> None:

@@ -3,18 +3,18 @@ every failure translated into a ``ConfigError`` at the file, line and key that c
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..aggregators.base import Aggregator
 from ..backends.base import Backend, GenerationSettings
 from ..budget import BudgetConfig
 from ..core.validation import check_references
 from ..errors import ConfigError, MoEError
+from ..experts.base import Expert
 from ..experts.policy import ExpertPolicy
 from ..inputs import InputLimits
 from ..management import ABTest, HealthPolicy, RankingWeights, ScalingPolicy
@@ -309,10 +309,10 @@ class _Builder:
                 raise self.error(f"cannot build backend: {message}", loc) from exc
         return self.by_spec[key]
 
-    def expert(self, spec: ExpertSpec, index: int, encoder: Encoder) -> Any:
+    def expert(self, spec: ExpertSpec, index: int, encoder: Encoder) -> Expert:
         loc: Loc = ("experts", index)
         try:
-            cls = self.registry.experts.get(spec.kind)
+            kind = self.registry.experts.get(spec.kind)
         except ConfigError as exc:
             raise self.error(exc.message, (*loc, "kind")) from None
         backends: list[Backend] = []
@@ -326,53 +326,50 @@ class _Builder:
                 backends.append(self.named[ref])
             else:
                 backends.append(self.backend(ref, (*loc, "backends", j)))
-        policy = self.policy(spec, loc)
-        kwargs: dict[str, Any] = {"name": spec.name}
-        if spec.adapter is not None:
-            kwargs["adapter"] = self.local(spec.adapter)
+        common: dict[str, Any] = {"name": spec.name, "policy": self.policy(spec, loc)}
         if backends:
-            kwargs["backends"] = backends
+            common["backends"] = backends
         if spec.system_prompt is not None:
-            kwargs["system_prompt"] = spec.system_prompt
+            common["system_prompt"] = spec.system_prompt
         if spec.exemplars is not None:
-            kwargs["exemplars"] = spec.exemplars
+            common["exemplars"] = spec.exemplars
         if spec.settings is not None:
             s = spec.settings
-            kwargs["settings"] = GenerationSettings(
+            common["settings"] = GenerationSettings(
                 s.max_tokens, s.temperature, s.top_p, tuple(s.stop) if s.stop is not None else None
             )
-        if spec.documents is not None:
+        given: dict[str, tuple[Any, Loc]] = {k: (v, (*loc, "options", k)) for k, v in spec.options.items()}
+        if spec.documents is not None:  # written beside the options; a knowledge expert's
             docs: list[Path | str] = []
             for j, d in enumerate(spec.documents):
                 try:
                     docs.append(d if isinstance(d, str) else d.resolve(self.base))
                 except ValueError as exc:
                     raise self.error(str(exc), (*loc, "documents", j)) from None
-            kwargs["documents"] = docs
-        params = inspect.signature(cls).parameters
-        if "encoder" in params and "encoder" not in spec.options:
-            kwargs["encoder"] = encoder
-        accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        if "policy" in params or accepts_any:
-            kwargs["policy"] = policy
-        kwargs.update(spec.options)
-        unknown = [k for k in kwargs if k not in params and not accepts_any]
-        if unknown:
-            field = unknown[0]
-            where = (*loc, "options", field) if field in spec.options else (*loc, field)
-            raise self.error(
-                f"expert kind {spec.kind!r} does not accept {field!r}; it accepts: "
-                f"{sorted(p for p in params if p != 'self')}",
-                where,
-            )
+            given["documents"] = (docs, (*loc, "documents"))
+        if spec.adapter is not None:  # likewise, an epistemic expert's
+            given["adapter"] = (self.local(spec.adapter), (*loc, "adapter"))
+        options = self.options(kind.options, given, f"expert kind {spec.kind!r}")
         try:
-            expert = cls(**kwargs)
+            return kind.build(common, options, encoder)
         except (TypeError, ValueError, ConfigError) as exc:
             message = exc.message if isinstance(exc, ConfigError) else str(exc)
             raise self.error(f"cannot build expert {spec.name!r}: {message}", loc) from exc
-        if "policy" not in kwargs:  # a kind that takes no policy gets it as the pipeline's
-            expert.policy = policy
-        return expert
+
+    def options(self, model: type[BaseModel], given: Mapping[str, tuple[Any, Loc]], what: str) -> BaseModel:
+        """A kind's options (value and key path of each) validated by its model; an unknown one is an
+        error that names the valid ones."""
+        valid = sorted(model.model_fields)
+        for key, (_, where) in given.items():
+            if key not in valid:
+                takes = f"its options: {valid}" if valid else "it takes no options"
+                raise self.error(f"{what} does not accept {key!r}; {takes}", where)
+        try:
+            return model.model_validate({k: v for k, (v, _) in given.items()})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            key, *rest = first["loc"]
+            raise self.error(first["msg"], (*given[str(key)][1], *rest)) from exc
 
     def policy(self, spec: ExpertSpec, loc: Loc) -> ExpertPolicy:
         scorer = None
@@ -390,27 +387,15 @@ class _Builder:
     def aggregator(self) -> Aggregator:
         agg = self.spec.aggregation
         try:
-            cls = self.registry.aggregators.get(agg.strategy)
+            kind = self.registry.aggregators.get(agg.strategy)
         except ConfigError as exc:
             raise self.error(exc.message, ("aggregation", "strategy")) from None
-        kwargs = dict(agg.options)
-        if agg.synthesis_expert is not None:
-            if "synthesis_expert" not in inspect.signature(cls).parameters:
-                raise self.error(
-                    f"strategy {agg.strategy!r} takes no synthesis_expert",
-                    ("aggregation", "synthesis_expert"),
-                )
-            kwargs["synthesis_expert"] = agg.synthesis_expert
-        params = inspect.signature(cls).parameters
-        for key in agg.options:
-            if key not in params:
-                raise self.error(
-                    f"strategy {agg.strategy!r} does not accept {key!r}; it accepts: "
-                    f"{sorted(p for p in params if p != 'self')}",
-                    ("aggregation", "options", key),
-                )
+        given = {k: (v, ("aggregation", "options", k)) for k, v in agg.options.items()}
+        if agg.synthesis_expert is not None:  # written beside the options
+            given["synthesis_expert"] = (agg.synthesis_expert, ("aggregation", "synthesis_expert"))
+        options = self.options(kind.options, given, f"strategy {agg.strategy!r}")
         try:
-            return cls(**kwargs)
+            return kind.build(options)
         except (TypeError, ValueError, ConfigError) as exc:
             message = exc.message if isinstance(exc, ConfigError) else str(exc)
             raise self.error(f"cannot build strategy {agg.strategy!r}: {message}", ("aggregation",)) from exc

