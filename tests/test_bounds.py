@@ -27,6 +27,9 @@ SECTIONS = [
     ("ResourcesSpec", "moe_agents.residency", "ResidencyConfig"),
     ("ManagementSpec", "moe_agents.management.manager", "ManagementConfig"),
     ("ABTestSpec", "moe_agents.management", "ABTest"),
+    ("RankingSpec", "moe_agents.management", "RankingWeights"),
+    ("ScalingSpec", "moe_agents.management", "ScalingPolicy"),
+    ("HealthSpec", "moe_agents.management", "HealthPolicy"),
     ("ExpertSpec", "moe_agents.experts", "ExpertPolicy"),
 ]
 

@@ -153,27 +153,20 @@ class _Builder:
         m, tests = self.spec.management, self.spec.ab_tests
         if m == ManagementSpec() and not tests:
             return None
-        parts: list[tuple[str, Any]] = [("ranking", RankingWeights), ("scaling", ScalingPolicy)]
+        parts: dict[str, tuple[type, BaseModel]] = {
+            "ranking": (RankingWeights, m.ranking),
+            "scaling": (ScalingPolicy, m.scaling),
+        }
+        if m.health is not None:
+            parts["health"] = (HealthPolicy, m.health)
         built: dict[str, Any] = {}
-        for key, cls in [*parts, ("health", HealthPolicy)]:
-            raw = getattr(m, key)
-            if raw is None:
-                continue
-            try:
-                built[key] = cls(**raw)
-            except TypeError as exc:
-                raise self.error(f"invalid option: {exc}", ("management", key)) from None
+        for key, (cls, section) in parts.items():
+            try:  # the checks that relate fields (max_instances >= min_instances)
+                built[key] = build(cls, section)
             except ConfigError as exc:
                 raise self.error(exc.message, ("management", key)) from None
         try:
-            return build(
-                ManagementConfig,
-                m,
-                ranking=built["ranking"],
-                scaling=built["scaling"],
-                health=built.get("health"),
-                ab_tests=tuple(build(ABTest, t) for t in tests),
-            )
+            return build(ManagementConfig, m, ab_tests=tuple(build(ABTest, t) for t in tests), **built)
         except ConfigError as exc:
             raise self.error(exc.message, ("ab_tests",)) from None
 
@@ -368,8 +361,8 @@ class _Builder:
             return model.model_validate({k: v for k, (v, _) in given.items()})
         except ValidationError as exc:
             first = exc.errors()[0]
-            key, *rest = first["loc"]
-            raise self.error(first["msg"], (*given[str(key)][1], *rest)) from exc
+            name, *rest = first["loc"]
+            raise self.error(first["msg"], (*given[str(name)][1], *rest)) from exc
 
     def policy(self, spec: ExpertSpec, loc: Loc) -> ExpertPolicy:
         scorer = None
@@ -390,7 +383,9 @@ class _Builder:
             kind = self.registry.aggregators.get(agg.strategy)
         except ConfigError as exc:
             raise self.error(exc.message, ("aggregation", "strategy")) from None
-        given = {k: (v, ("aggregation", "options", k)) for k, v in agg.options.items()}
+        given: dict[str, tuple[Any, Loc]] = {
+            k: (v, ("aggregation", "options", k)) for k, v in agg.options.items()
+        }
         if agg.synthesis_expert is not None:  # written beside the options
             given["synthesis_expert"] = (agg.synthesis_expert, ("aggregation", "synthesis_expert"))
         options = self.options(kind.options, given, f"strategy {agg.strategy!r}")

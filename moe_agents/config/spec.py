@@ -15,7 +15,10 @@ from ..errors import ConfigError
 from ..experts.policy import ExpertPolicy
 from ..inputs import InputLimits
 from ..management.ab import ABTest
+from ..management.health import HealthPolicy
 from ..management.manager import ManagementConfig
+from ..management.ranking import RankingWeights
+from ..management.scaling import ScalingPolicy
 from ..memory.values import MemoryConfig
 from ..reliability import BreakerPolicy, RetryPolicy
 from ..residency import GB, ResidencyConfig
@@ -35,16 +38,19 @@ __all__ = [
     "DocumentSpec",
     "ExpertSpec",
     "GuardSpec",
+    "HealthSpec",
     "LimitsSpec",
     "Loc",
     "ManagementSpec",
     "MemorySpec",
     "PipelineSpec",
+    "RankingSpec",
     "ResourcesSpec",
     "RetrySpec",
     "RouterSpec",
     "RuleSpec",
     "RuntimeSpec",
+    "ScalingSpec",
     "SettingsSpec",
     "TrustSpec",
     "dotted",
@@ -151,13 +157,24 @@ class MemorySpec(section(MemoryConfig)):  # type: ignore[misc]
     given, see ``moe_agents.continuity``)."""
 
 
-class ManagementSpec(section(ManagementConfig, exclude=("ranking", "scaling", "health", "ab_tests"))):  # type: ignore[misc]
-    """``management:``: ``ManagementConfig``'s fields; the nested mappings take the fields of
-    ``RankingWeights``, ``ScalingPolicy`` and ``HealthPolicy``."""
+class RankingSpec(section(RankingWeights)):  # type: ignore[misc]
+    """``management.ranking:``: the fields of ``RankingWeights``."""
 
-    ranking: dict[str, float] = Field(default_factory=dict)
-    scaling: dict[str, Any] = Field(default_factory=dict)
-    health: dict[str, Any] | None = None
+
+class ScalingSpec(section(ScalingPolicy)):  # type: ignore[misc]
+    """``management.scaling:``: the fields of ``ScalingPolicy``."""
+
+
+class HealthSpec(section(HealthPolicy)):  # type: ignore[misc]
+    """``management.health:``: the fields of ``HealthPolicy`` (left out: no health checks)."""
+
+
+class ManagementSpec(section(ManagementConfig, exclude=("ranking", "scaling", "health", "ab_tests"))):  # type: ignore[misc]
+    """``management:``: the fields of ``ManagementConfig`` (``ab_tests:`` is a section of its own)."""
+
+    ranking: RankingSpec = RankingSpec()
+    scaling: ScalingSpec = ScalingSpec()
+    health: HealthSpec | None = None
 
 
 class ABTestSpec(section(ABTest)):  # type: ignore[misc]

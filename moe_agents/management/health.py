@@ -13,10 +13,11 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import anyio
 
-from ..errors import check_settings
+from ..bounds import Ge, Gt, check_bounds
 from ..logging import get_logger
 from .events import EventBus
 
@@ -40,21 +41,14 @@ class HealthPolicy:
         timeout_s: deadline of one probe; a probe past it failed.
     """
 
-    interval_s: float = 30.0
-    idle_s: float = 10.0
-    failures_to_unhealthy: int = 2
-    successes_to_healthy: int = 1
-    timeout_s: float = 10.0
+    interval_s: Annotated[float, Gt(0.0)] = 30.0
+    idle_s: Annotated[float, Ge(0.0)] = 10.0
+    failures_to_unhealthy: Annotated[int, Ge(1)] = 2
+    successes_to_healthy: Annotated[int, Ge(1)] = 1
+    timeout_s: Annotated[float, Gt(0.0)] = 10.0
 
     def __post_init__(self) -> None:
-        checks = {
-            "interval_s": self.interval_s > 0.0,
-            "idle_s": self.idle_s >= 0.0,
-            "failures_to_unhealthy": self.failures_to_unhealthy >= 1,
-            "successes_to_healthy": self.successes_to_healthy >= 1,
-            "timeout_s": self.timeout_s > 0.0,
-        }
-        check_settings("health", self, checks)
+        check_bounds("health", self)
 
 
 @dataclass(slots=True)

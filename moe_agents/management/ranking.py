@@ -15,8 +15,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
-from ..errors import ConfigError, check_settings, check_unit
+from ..bounds import Ge, check_bounds
+from ..errors import ConfigError, check_unit
 from ..experts.base import Expert
 
 __all__ = ["ExpertRank", "RankingWeights", "rank_experts"]
@@ -33,21 +35,15 @@ class RankingWeights:
         trust: weight of the trust, for experts that have one.
     """
 
-    success: float = 0.5
-    headroom: float = 0.3
-    latency: float = 0.2
-    trust: float = 0.5
+    success: Annotated[float, Ge(0.0)] = 0.5
+    headroom: Annotated[float, Ge(0.0)] = 0.3
+    latency: Annotated[float, Ge(0.0)] = 0.2
+    trust: Annotated[float, Ge(0.0)] = 0.5
 
     def __post_init__(self) -> None:
-        values = {
-            "success": self.success,
-            "headroom": self.headroom,
-            "latency": self.latency,
-            "trust": self.trust,
-        }
-        checks = {k: math.isfinite(v) and v >= 0.0 for k, v in values.items()}
-        check_settings("ranking", self, checks)
-        if sum(values.values()) <= 0.0:
+        names = ("success", "headroom", "latency", "trust")
+        check_bounds("ranking", self, {k: math.isfinite(getattr(self, k)) for k in names})
+        if sum(getattr(self, k) for k in names) <= 0.0:
             raise ConfigError(f"invalid ranking settings: the weights must not all be 0: {self}")
 
 

@@ -21,9 +21,10 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
-from ..errors import InvalidInput, check_settings, check_unit
+from ..bounds import Ge, Unit, check_bounds
+from ..errors import InvalidInput, check_unit
 from ..experts.base import Expert
 from ..logging import get_logger
 
@@ -56,26 +57,20 @@ class ScalingPolicy:
     """
 
     max_instances: int = 4
-    min_instances: int = 1
+    min_instances: Annotated[int, Ge(1)] = 1
     scale_up_load: float = 0.8
-    scale_down_load: float = 0.2
-    min_success: float = 0.8
-    window: int = 5
-    performance_threshold: float = 0.5
-    underperforming_window: int = 20
+    scale_down_load: Annotated[float, Ge(0.0)] = 0.2
+    min_success: Annotated[float, Unit] = 0.8
+    window: Annotated[int, Ge(1)] = 5
+    performance_threshold: Annotated[float, Unit] = 0.5
+    underperforming_window: Annotated[int, Ge(1)] = 20
 
     def __post_init__(self) -> None:
-        checks = {
-            "min_instances": self.min_instances >= 1,
+        more = {
             "max_instances": self.max_instances >= self.min_instances,
-            "scale_down_load": self.scale_down_load >= 0.0,
             "scale_up_load": self.scale_up_load > self.scale_down_load,
-            "min_success": 0.0 <= self.min_success <= 1.0,
-            "window": self.window >= 1,
-            "performance_threshold": 0.0 <= self.performance_threshold <= 1.0,
-            "underperforming_window": self.underperforming_window >= 1,
         }
-        check_settings("scaling", self, checks)
+        check_bounds("scaling", self, more)
 
 
 @dataclass(frozen=True, slots=True)
