@@ -247,3 +247,37 @@ def test_shared_trust_is_one_store_and_a_killed_writer_loses_at_most_one_batch(t
     total = int(ray.get(two.actor.count.remote()))
     assert acked >= 50
     assert acked + 1 <= total <= acked + 1 + 50  # the first row, every acknowledged batch, at most one more
+
+
+async def test_a_yaml_pipeline_with_placement_answers_on_the_cluster(tmp_path: Path) -> None:
+    """``ray:`` and a backend's ``placement:`` in YAML: the backend runs as a deployment with two
+    replicas and answers name them."""
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        """
+ray: {address: local, num_cpus: 2}
+backends:
+  recorded:
+    kind: replay
+    dataset: mmlu
+    model: mixtral-8x7b
+    missing: empty
+    placement: {replicas: 2, num_cpus: 0.25, max_ongoing_requests: 16}
+experts:
+  - {kind: reasoning, name: reader, backends: [recorded]}
+  - {kind: knowledge, name: other, backends: [recorded]}
+"""
+    )
+    from moe_agents import load_pipeline
+
+    pipeline = load_pipeline(config)
+    seen = set()
+    async with pipeline, anyio.create_task_group() as tg:
+
+        async def ask(i: int) -> None:
+            result = await pipeline.run(f"What is {i} plus {i}? Think step by step.")
+            seen.add(result.answer.metadata["placement"]["replica"])
+
+        for i in range(16):
+            tg.start_soon(ask, i)
+    assert len(seen) >= 2
