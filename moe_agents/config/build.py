@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from ..aggregators.base import Aggregator
 from ..backends.base import Backend, GenerationSettings
 from ..budget import BudgetConfig
+from ..cluster.settings import Placement
 from ..core.validation import check_references
 from ..errors import ConfigError, MoEError
 from ..experts.base import Expert
@@ -271,6 +272,7 @@ class _Builder:
         except ConfigError as exc:
             raise self.error(exc.message, (*loc, "kind")) from None
         options = dict(raw)
+        placement = self.placement(options.pop("placement", None), (*loc, "placement"))
         try:
             guard_spec = GuardSpec.model_validate(
                 {k: options.pop(k) for k in ("retry", "circuit") if k in options}
@@ -285,10 +287,14 @@ class _Builder:
             paths = {k: getattr(spec, k, None) for k in kind.local_paths}
             spec = spec.model_copy(update={k: self.local(v) for k, v in paths.items() if isinstance(v, str)})
         key = spec.model_dump_json() + guard_spec.model_dump_json()
+        if placement is not None:
+            key += placement.model_dump_json()
         if key not in self.by_spec:  # identical specs share one backend (one model load)
             try:
-                built = kind.build(spec)
-                residency = self.residency if kind.resident else None
+                built = (
+                    kind.build(spec) if placement is None else self.on_ray(kind_name, spec, placement, loc)
+                )
+                residency = self.residency if kind.resident and placement is None else None
                 if residency is not None:
                     built = ResidentBackend(built, residency)  # loaded on demand, within the budget
                 self.by_spec[key] = GuardedBackend(
@@ -301,6 +307,26 @@ class _Builder:
                 message = exc.message if isinstance(exc, ConfigError) else str(exc)
                 raise self.error(f"cannot build backend: {message}", loc) from exc
         return self.by_spec[key]
+
+    def placement(self, raw: Any, loc: Loc) -> Placement | None:
+        """A backend's ``placement:`` (it runs as a Ray Serve deployment), which needs ``ray:``."""
+        if raw is None:
+            return None
+        if self.spec.ray is None:
+            raise self.error("`placement:` runs a backend on Ray and needs a top-level `ray:` section", loc)
+        try:
+            return Placement.model_validate(raw)
+        except ValidationError as exc:
+            raise located_error(exc, self.path, self.lines, raw, loc) from exc
+
+    def on_ray(self, kind: str, spec: Any, placement: Placement, loc: Loc) -> Backend:
+        """The backend as a Ray Serve deployment named after its place in the file."""
+        from ..cluster.proxy import RayBackend
+        from ..cluster.replica import BackendMaker
+
+        assert self.spec.ray is not None
+        name = "-".join(str(part) for part in loc if part != "backends")
+        return RayBackend(name, BackendMaker(kind, spec.model_dump()), placement, self.spec.ray)
 
     def expert(self, spec: ExpertSpec, index: int, encoder: Encoder) -> Expert:
         loc: Loc = ("experts", index)

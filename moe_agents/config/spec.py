@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from ..budget import BudgetConfig
+from ..cluster.settings import RayConfig
 from ..errors import ConfigError
 from ..experts.policy import ExpertPolicy
 from ..inputs import InputLimits
@@ -249,6 +250,7 @@ class PipelineSpec(_Spec):
     management: ManagementSpec = ManagementSpec()
     ab_tests: list[ABTestSpec] = Field(default_factory=list)
     server: ServerConfig = ServerConfig()
+    ray: RayConfig | None = None
 
 
 def located_error(
