@@ -107,7 +107,6 @@ class Pipeline:
     ) -> None:
         self.router = router or Router()
         self.aggregator = aggregator or WeightedAggregator()
-        observers_given = list(observers)
         ab_tests = management.ab_tests if management is not None else ()
         config = self.router.config
         if not references_checked:
@@ -141,16 +140,16 @@ class Pipeline:
             prepare=conversation.prepare if conversation is not None else None,
             on_call=self.manager.note_call if self.manager is not None else None,
         )
-        observers: list[Observer] = [
+        built_in: list[Observer] = [
             StatsRecorder(lambda: self.roster.experts),
             TrustRecorder(lambda: self.router.trust, lambda: self.roster.experts),
             BudgetRecorder(self.budgets),
         ]
         if conversation is not None:
-            observers.insert(0, conversation)
+            built_in.insert(0, conversation)
         if self.manager is not None:
-            observers.append(self.manager)
-        self._observers = [*observers, *observers_given]
+            built_in.append(self.manager)
+        self._observers = [*built_in, *observers]
         self._results: OrderedDict[str, Result] = OrderedDict()
         self._keep_results = keep_results
         self._task_group: TaskGroup | None = None

@@ -45,7 +45,7 @@ def serve_on_ray(
 
     connect(ray, http=(host, port))
     build = _builder(str(Path(config_path).resolve()), server)
-    deployment = serve.deployment(
+    deployment: Any = serve.deployment(
         serve.ingress(build)(),
         name="moe-agents-ingress",
         num_replicas=replicas,

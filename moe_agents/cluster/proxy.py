@@ -45,10 +45,8 @@ def _router_config(placement: Placement, slots: int) -> Any:
         return None  # Serve's default: power of two choices
     from ray.serve.config import RequestRouterConfig
 
-    from .router import PermissionReplicaRouter
-
     return RequestRouterConfig(
-        request_router_class=PermissionReplicaRouter,
+        request_router_class="moe_agents.cluster.router:PermissionReplicaRouter",  # type: ignore[arg-type]
         request_router_kwargs={"service_s": placement.service_s, "swap_s": placement.swap_s, "slots": slots},
     )
 
@@ -76,7 +74,7 @@ def deploy(
     router = _router_config(placement, slots)
     if router is not None:
         options["request_router_config"] = router
-    deployment = serve.deployment(cls, **options)
+    deployment: Any = serve.deployment(cls, **options)
     app = deployment.bind(make) if pool is None else deployment.bind(dict(pool))
     handle = serve.run(app, name=name, route_prefix=None)
     log.info("ray.deployed", app=name, replicas=placement.replicas, router=placement.router)

@@ -79,7 +79,7 @@ class SharedTrust:
         keeper = ray_.remote(TrustKeeper).options(  # type: ignore[attr-defined]
             name=name, get_if_exists=True, lifetime="detached", max_restarts=-1, max_task_retries=-1
         )
-        self.actor = keeper.remote(path, options)
+        self.actor: Any = keeper.remote(path, options)
         self.path, self.batch, self.flush_s = path, batch, flush_s
         self._buffer: list[tuple[str, str, float, str]] = []
         self._since: float | None = None
@@ -122,19 +122,19 @@ class SharedTrust:
         import ray as ray_
 
         self.flush()
-        return ray_.get(self.actor.lookup.remote(list(experts), context, backoff))  # type: ignore[no-any-return]
+        return ray_.get(self.actor.lookup.remote(list(experts), context, backoff))
 
     def profiles(self, experts: Sequence[str]) -> tuple[np.ndarray, list[str]]:
         import ray as ray_
 
         self.flush()
-        return ray_.get(self.actor.profiles.remote(list(experts)))  # type: ignore[no-any-return]
+        return ray_.get(self.actor.profiles.remote(list(experts)))
 
     def stats(self, expert: str | None = None, context: str | None = None) -> list[TrustStat]:
         import ray as ray_
 
         self.flush()
-        return ray_.get(self.actor.stats.remote(expert, context))  # type: ignore[no-any-return]
+        return ray_.get(self.actor.stats.remote(expert, context))
 
     def close(self) -> None:
         """Writes what is buffered."""

@@ -15,6 +15,7 @@ from typing import Protocol
 import anyio
 
 from ..budget import SessionBudgets
+from ..errors import InvalidInput, check_unit
 from ..experts.base import Expert
 from ..logging import get_logger
 from ..routing.trust import TrustStore
@@ -111,11 +112,13 @@ class TrustRecorder:
                 continue
             if score is None:
                 continue
-            if not isinstance(score, int | float) or not 0.0 <= float(score) <= 1.0:
+            try:
+                value = check_unit(score, "score")
+            except InvalidInput:
                 log.warning("scorer.invalid", expert=name, score=repr(score))
                 continue
-            log.info("scorer.scored", expert=name, score=float(score), result_id=result.id)
-            await self._record([name], result, float(score), source="scorer")
+            log.info("scorer.scored", expert=name, score=value, result_id=result.id)
+            await self._record([name], result, value, source="scorer")
 
     async def on_failure(self, error: Exception, seconds: float) -> None:
         """Nothing: a failed request has no answer to learn from."""
