@@ -233,8 +233,10 @@ class TestCircuitBreaker:
         )
         with pytest.raises(RunError):
             await p.run(CODE_QUERY)
-        with pytest.raises(DeadlineExceeded, match=r"0\.2 s"):
+        start = anyio.current_time()
+        with pytest.raises(BackendUnavailable):  # recovery is past the deadline: fail now
             await p.run(CODE_QUERY)
+        assert anyio.current_time() - start < 0.1
 
 
 class TestCapacity:

@@ -617,3 +617,25 @@ async def test_a_forced_expert_that_fails_is_not_replaced() -> None:
                 model="moe-agents/coding", messages=user(CODE_Q)
             )
     assert talk.calls == []
+
+
+async def test_cooling_down_experts_are_503_with_retry_after() -> None:
+    """Every expert's breaker is open past the deadline: a 503 at once, saying when to retry."""
+    from moe_agents.reliability import BreakerPolicy, GuardedBackend, RetryPolicy
+
+    def broken(messages: Sequence[Message]) -> str:
+        raise RuntimeError("down")
+
+    guard = GuardedBackend(
+        FunctionBackend(broken, name="b"),
+        retry=RetryPolicy(attempts=1),
+        breaker=BreakerPolicy(failures=1, cooldown_s=30),
+    )
+    pipeline = pipeline_of(Coder(backends=[guard]), Talker(backends=[guard]), request_timeout_s=5)
+    async with serving(pipeline) as base, httpx.AsyncClient(base_url=base) as h:
+        body = {"model": "moe-agents", "messages": user(CODE_Q)}
+        first = await h.post("/v1/chat/completions", json=body)
+        second = await h.post("/v1/chat/completions", json=body)
+    assert first.status_code == 502
+    assert second.status_code == 503 and second.json()["error"]["code"] == "cooling_down"
+    assert 1 <= int(second.headers["retry-after"]) <= 30

@@ -32,7 +32,8 @@ async def choose(
     """The router's selection among the experts routing may choose now; an exhausted session
     gets only experts whose ``price`` is at most the budget's ``cheap_price``. Experts kept out
     of routing are listed in ``Selection.scores`` with why. When every capable expert is cooling
-    down, it waits for the first to recover (the request's deadline bounds the wait).
+    down, it waits for the first to recover, unless that comes after the request's deadline: then
+    it raises ``BackendUnavailable`` at once rather than hold a slot it cannot use.
 
     With ``expert``, that expert alone is chosen (mode ``forced``; execution does not fall back
     from it), whatever the router ranks first; the router still scores every candidate and gives
@@ -42,6 +43,7 @@ async def choose(
         NoCapableExpert: no active expert accepts the query's attachments, or the forced
             ``expert`` is not registered, is out of routing, or cannot take them.
         BudgetExhausted: the session has spent its budget and no expert is cheap enough.
+        BackendUnavailable: every capable expert is cooling down past the request's deadline.
     """
     session = query.session_id
     allowed = None
@@ -63,8 +65,10 @@ async def choose(
             selection = await router.route(query, active, preset=preset, allowed=allowed)
         except BackendUnavailable as exc:
             wait = exc.recovers_at - time.monotonic()
+            if wait > anyio.current_effective_deadline() - anyio.current_time():
+                raise  # recovery comes after the request's deadline: fail now, free the slot
             log.info("pipeline.waiting_for_recovery", s=round(wait, 3))
-            await anyio.sleep(max(wait, 0.0) + 0.001)  # past the deadline, the deadline fires
+            await anyio.sleep(max(wait, 0.0) + 0.001)
             continue
         if expert is not None:
             selection = _forced(selection, expert, excluded)

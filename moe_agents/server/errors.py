@@ -19,6 +19,8 @@ body too large              413    invalid_request_error        no
 ``DeadlineExceeded``        504    timeout / ``deadline_        ``x-should-retry: false``
                                    exceeded``
 not ready / shutting down   503    service_unavailable          ``x-should-retry: true``, ``Retry-After``
+``BackendUnavailable``      503    service_unavailable /        ``x-should-retry: false``, ``Retry-After``:
+                                   ``cooling_down``             seconds until a breaker lets a call through
 anything else               500    server_error                 no; the message names the type only
 =========================  ======  ==========================  ===========================================
 
@@ -28,9 +30,12 @@ their type only.
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field
 
 from ..errors import (
+    BackendUnavailable,
     BudgetExhausted,
     DeadlineExceeded,
     ExpertsFailed,
@@ -99,6 +104,10 @@ def from_exception(exc: BaseException) -> APIError:
         return APIError(429, message, "rate_limit_error", "overloaded", headers=_retry(True))
     if isinstance(exc, BudgetExhausted):
         return APIError(429, message, "insufficient_quota", "budget_exhausted", headers=_retry(False))
+    if isinstance(exc, BackendUnavailable):
+        wait = max(1, math.ceil(exc.recovers_at - time.monotonic()))
+        headers = {"x-should-retry": "false", "retry-after": str(wait)}
+        return APIError(503, message, "service_unavailable", "cooling_down", headers=headers)
     if isinstance(exc, DeadlineExceeded):
         return APIError(504, message, "timeout", "deadline_exceeded", headers=_retry(False))
     if isinstance(exc, ExpertsFailed):
