@@ -281,3 +281,20 @@ experts:
         for i in range(16):
             tg.start_soon(ask, i)
     assert len(seen) >= 2
+
+
+async def test_a_pool_serves_models_by_id_and_outlives_one_backend_unloading() -> None:
+    """Two backends multiplexed over one pool deployment: each call reaches its own model, and one
+    backend unloading leaves the pool to the other."""
+    pool = {"a": lambda: Scripted(["from a"]), "b": lambda: Scripted(["from b"])}
+    placement = Placement(replicas=1, num_cpus=0.25)
+    a = RayBackend("t-pool", None, placement, RAY, model_id="a", pool=pool, slots=1)
+    b = RayBackend("t-pool", None, placement, RAY, model_id="b", pool=pool, slots=1)
+    await a.load()
+    await b.load()
+    message = [{"role": "user", "content": "hi"}]
+    assert (await a.complete(message)).text == "from a"
+    assert (await b.complete(message)).text == "from b"
+    await a.unload()
+    assert (await b.complete(message)).text == "from b"
+    await b.unload()

@@ -35,8 +35,9 @@ __all__ = ["RayBackend", "deploy"]
 
 log = get_logger(__name__)
 
-_DEPLOYED: dict[str, tuple[Any, bool]] = {}
-"""The applications this process uses, by name: their handle and whether it deployed them."""
+_DEPLOYED: dict[str, list[Any]] = {}
+"""The applications this process uses, by name: ``[handle, deployed here, users]``; the last
+user to unload deletes an application this process deployed (a pool is shared by its backends)."""
 _LOCK = threading.Lock()
 
 
@@ -130,12 +131,14 @@ class RayBackend:
             if self.app not in _DEPLOYED:
                 connect(self.ray)
                 try:
-                    _DEPLOYED[self.app] = (serve.get_app_handle(self.app), False)
+                    _DEPLOYED[self.app] = [serve.get_app_handle(self.app), False, 0]
                 except RayServeException:
                     handle = deploy(
                         self.app, self.placement, make=self.make, pool=self.pool, slots=self.slots
                     )
-                    _DEPLOYED[self.app] = (handle, True)
+                    _DEPLOYED[self.app] = [handle, True, 0]
+            if self.handle is None:
+                _DEPLOYED[self.app][2] += 1
             return _DEPLOYED[self.app][0]
 
     async def unload(self) -> None:
@@ -143,9 +146,14 @@ class RayBackend:
 
         def delete() -> None:
             with _LOCK:
-                deployed = _DEPLOYED.pop(self.app, None)
-                if deployed is not None and deployed[1]:
-                    serve.delete(self.app)
+                deployed = _DEPLOYED.get(self.app)
+                if deployed is None or self.handle is None:
+                    return
+                deployed[2] -= 1
+                if deployed[2] <= 0:
+                    del _DEPLOYED[self.app]
+                    if deployed[1]:
+                        serve.delete(self.app)
 
         await anyio.to_thread.run_sync(delete)
         self.handle = None

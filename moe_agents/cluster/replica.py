@@ -9,7 +9,8 @@ sharing GPUs), so that Serve reports which replica holds which model.
 from __future__ import annotations
 
 import asyncio  # noqa: TID251 - runs on Ray Serve's asyncio loop; a generator cannot hold a task group
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,22 +152,43 @@ def pooled_replica(slots: int) -> type:
             self, messages: Sequence[Message], settings: GenerationSettings | None = None
         ) -> tuple[Completion, dict[str, str]]:
             loaded = await self.backend(serve.get_multiplexed_model_id())
-            return await _complete(loaded.backend, messages, settings)
+            with loaded.using() as backend:
+                return await _complete(backend, messages, settings)
 
         async def stream(
             self, messages: Sequence[Message], settings: GenerationSettings | None = None
         ) -> AsyncIterator[Any]:
             loaded = await self.backend(serve.get_multiplexed_model_id())
-            async for item in _stream(loaded.backend, messages, settings):
-                yield item
+            with loaded.using() as backend:
+                async for item in _stream(backend, messages, settings):
+                    yield item
 
     return PooledReplica
 
 
 class _Loaded:
     """A loaded backend; Serve calls its ``__del__`` when the slot is needed, which unloads the
-    model (an instance attribute, so that Python's garbage collector never calls it)."""
+    model once the calls still running on it are done (an instance attribute, so that Python's
+    garbage collector never calls it)."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self.__del__ = backend.unload  # Serve awaits an async __del__ of an evicted model
+        self.calls = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.__del__ = self._unload  # Serve awaits an async __del__ of an evicted model
+
+    async def _unload(self) -> None:
+        await self.idle.wait()
+        await self.backend.unload()
+
+    @contextlib.contextmanager
+    def using(self) -> Iterator[Backend]:
+        self.calls += 1
+        self.idle.clear()
+        try:
+            yield self.backend
+        finally:
+            self.calls -= 1
+            if not self.calls:
+                self.idle.set()

@@ -9,11 +9,13 @@ Ray Serve's request-router extension point. Each replica is a candidate with
 - persistence = 1 + hysteresis when it holds the model;
 - expertise = 1 (replicas of one deployment are the same model).
 
-Replicas come back one per rank, best first; Ray probes the first and moves on when it is full.
+Replicas come back one per rank, best first (ties in random order, so a burst spreads); Ray probes
+the first and moves on when it is full.
 """
 
 from __future__ import annotations
 
+import random
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -42,7 +44,8 @@ def rank_replicas(
     swap_s: float,
     hysteresis: float,
 ) -> list[int]:
-    """Indices of the replicas best first, by permission (see the module docstring)."""
+    """Indices of the replicas best first, by permission (see the module docstring); equal
+    permissions keep the order given (the router shuffles candidates first, so ties spread)."""
     n = len(names)
     holds_arr = np.asarray(holds, dtype=bool)
     candidates = Candidates(
@@ -71,12 +74,14 @@ class PermissionReplicaRouter(FIFOMixin, MultiplexMixin, RequestRouter):  # type
         self.service_s, self.swap_s, self.hysteresis, self.slots = service_s, swap_s, hysteresis, slots
         self.outstanding: defaultdict[ReplicaID, int] = defaultdict(int)
         self.sent_models: defaultdict[ReplicaID, OrderedDict[str, None]] = defaultdict(OrderedDict)
+        self.routed: dict[str, ReplicaID] = {}
 
     async def choose_replicas(
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
     ) -> list[list[RunningReplica]]:
         if not candidate_replicas:
             return []
+        candidate_replicas = random.sample(candidate_replicas, len(candidate_replicas))  # ties spread
         model = pending_request.metadata.multiplexed_model_id if pending_request is not None else ""
         cache = self.replica_queue_len_cache
         queue, holds = [], []
@@ -98,6 +103,7 @@ class PermissionReplicaRouter(FIFOMixin, MultiplexMixin, RequestRouter):  # type
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
         self.outstanding[replica_id] += 1
+        self.routed[pending_request.metadata.internal_request_id] = replica_id
         model = pending_request.metadata.multiplexed_model_id
         if model:
             held = self.sent_models[replica_id]
@@ -107,7 +113,8 @@ class PermissionReplicaRouter(FIFOMixin, MultiplexMixin, RequestRouter):  # type
                 held.popitem(last=False)
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
-        self.outstanding[replica_id] = max(self.outstanding[replica_id] - 1, 0)
+        if self.routed.pop(internal_request_id, None) is not None:  # not for requests it rejected
+            self.outstanding[replica_id] = max(self.outstanding[replica_id] - 1, 0)
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)

@@ -27,6 +27,7 @@ def connect(config: RayConfig, *, http: tuple[str, int] | None = None) -> None:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             if config.address == "local":
                 ray.init(
+                    address="local",  # a new cluster, never one found in /tmp/ray or $RAY_ADDRESS
                     num_cpus=config.num_cpus,
                     num_gpus=config.num_gpus,
                     object_store_memory=None
