@@ -7,6 +7,10 @@ latency percentiles. A sequential pass (one request at a time) gives per-request
 
 Run: ``python benchmarks/overhead.py [--requests 1000] [--latency-ms 50] [--encoder hashing|minilm]``
 Writes ``benchmarks/out/overhead.json`` and ``benchmarks/out/overhead.png``.
+
+``--mode litellm`` measures the peer instead: the same concurrent calls through bare
+``litellm.acompletion``, litellm's ``Router`` and moe-agents on ``LiteLLMBackend``, all on mock
+responses (``benchmarks/litellm_peer.py``).
 """
 
 from __future__ import annotations
@@ -164,8 +168,19 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=2)
     parser.add_argument("--encoder", choices=["hashing", "minilm"], default="minilm")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--mode",
+        choices=["fanout", "litellm"],
+        default="fanout",
+        help="fanout: vs a bare anyio fan-out; litellm: vs bare litellm and litellm's Router (litellm_peer.py)",
+    )
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # errors only
+    if args.mode == "litellm":
+        from litellm_peer import main as litellm_main
+
+        litellm_main(args.requests, args.out)
+        return
 
     results = anyio.run(measure, args)
     imp = import_time()

@@ -1,0 +1,133 @@
+"""The peer in the overhead benchmark: litellm's own Router, on the same mock responses.
+
+The same N concurrent chat calls through bare ``litellm.acompletion``, litellm's ``Router`` (4
+deployments, its default simple-shuffle) and a moe-agents ``Pipeline`` of 4 experts on
+``LiteLLMBackend`` (top-1, ``HashingEncoder`` so that no encoder cost is counted), all answering
+with litellm's ``mock_response``: no network, and every contender pays litellm's own cost once.
+Reported per contender: process CPU per request and latency percentiles; one run, one process.
+
+Run: ``python benchmarks/overhead.py --mode litellm [--requests 1000]`` (this module is its
+litellm mode); writes ``benchmarks/out/overhead_litellm.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+MODEL = "openai/gpt-4o-mini"
+ANSWER = "An answer of typical length, a few dozen words, the same for every contender. " * 3
+PROMPTS = [
+    "Write a Python function that merges two sorted lists",
+    "If 3 apples cost $1.20, how much do 10 apples cost?",
+    "Who discovered penicillin and when?",
+    "Do you think machines can be conscious?",
+]
+
+
+async def _run(n: int, call: Callable[[int], Awaitable[object]]) -> dict[str, float]:
+    """CPU per request and latency percentiles of ``n`` concurrent calls."""
+    latencies = [0.0] * n
+
+    async def one(i: int) -> None:
+        start = time.perf_counter()
+        await call(i)
+        latencies[i] = time.perf_counter() - start
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(one, i)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    ms = np.asarray(latencies) * 1000
+    return {
+        "cpu_ms_per_request": cpu / n * 1000,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "wall_s": wall,
+    }
+
+
+async def measure(n: int) -> dict[str, Any]:
+    import litellm
+
+    from moe_agents import LiteLLMBackend, Pipeline, Router, RouterConfig
+    from moe_agents.experts import CodingExpert, EpistemicExpert, KnowledgeExpert, ReasoningExpert
+    from moe_agents.testing import HashingEncoder
+
+    def messages(i: int) -> list[dict[str, str]]:
+        return [{"role": "user", "content": f"{PROMPTS[i % len(PROMPTS)]} (#{i})"}]
+
+    async def bare(i: int) -> None:
+        await litellm.acompletion(model=MODEL, messages=messages(i), mock_response=ANSWER, api_key="sk-mock")
+
+    deployments = [
+        {
+            "model_name": "moe",
+            "litellm_params": {"model": MODEL, "api_key": "sk-mock", "mock_response": ANSWER},
+        }
+        for _ in range(4)
+    ]
+    router = litellm.Router(model_list=deployments)
+
+    async def peer(i: int) -> None:
+        await router.acompletion(model="moe", messages=messages(i))
+
+    backends = [
+        LiteLLMBackend(MODEL, name=f"b{j}", api_key="sk-mock", params={"mock_response": ANSWER})
+        for j in range(4)
+    ]
+    kinds = (CodingExpert, ReasoningExpert, KnowledgeExpert, EpistemicExpert)
+    pipeline = Pipeline(
+        [cls(backends=[b]) for cls, b in zip(kinds, backends, strict=True)],
+        router=Router(RouterConfig(top_k=1), encoder=HashingEncoder()),
+    )
+
+    async def ours(i: int) -> None:
+        await pipeline.run(messages(i)[0]["content"])
+
+    results: dict[str, Any] = {}
+    async with pipeline:
+        for name, call in (
+            ("bare litellm.acompletion", bare),
+            ("litellm Router", peer),
+            ("moe-agents Pipeline", ours),
+        ):
+            await _run(min(n, 50), call)  # warm-up: imports, caches, the gate
+            results[name] = await _run(n, call)
+    return results
+
+
+def main(n: int, out: Path) -> None:
+    results = anyio.run(measure, n)
+    bare = results["bare litellm.acompletion"]["cpu_ms_per_request"]
+    peer = results["litellm Router"]["cpu_ms_per_request"]
+    table = Table(title=f"{n} concurrent chat calls on litellm mock responses (one process)")
+    for column in ("path", "CPU ms/request", "added over bare", "p50 ms", "p99 ms"):
+        table.add_column(column, justify="right" if column != "path" else "left")
+    for name, r in results.items():
+        cpu = r["cpu_ms_per_request"]
+        table.add_row(name, f"{cpu:.2f}", f"{cpu - bare:+.2f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}")
+    console = Console()
+    console.print(table)
+    ours = results["moe-agents Pipeline"]["cpu_ms_per_request"]
+    targets = {
+        "below litellm Router": ours < peer,
+        "≤ bare litellm + 1.0 ms": ours <= bare + 1.0,
+    }
+    for name, ok in targets.items():
+        console.print(
+            f"target {name}: {'met' if ok else 'MISSED'} ({ours:.2f} ms vs Router {peer:.2f}, bare {bare:.2f})"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "overhead_litellm.json"
+    path.write_text(json.dumps({"requests": n, "results": results, "targets": targets}, indent=2))
+    console.print(f"wrote {path}")
