@@ -125,7 +125,8 @@ def main(n: int, out: Path) -> None:
     }
     for name, ok in targets.items():
         console.print(
-            f"target {name}: {'met' if ok else 'MISSED'} ({ours:.2f} ms vs Router {peer:.2f}, bare {bare:.2f})"
+            f"target {name}: {'met' if ok else 'MISSED'} "
+            f"({ours:.2f} ms vs Router {peer:.2f}, bare {bare:.2f})"
         )
     out.mkdir(parents=True, exist_ok=True)
     path = out / "overhead_litellm.json"

@@ -172,7 +172,7 @@ def main() -> None:
         "--mode",
         choices=["fanout", "litellm"],
         default="fanout",
-        help="fanout: vs a bare anyio fan-out; litellm: vs bare litellm and litellm's Router (litellm_peer.py)",
+        help="fanout: vs a bare anyio fan-out; litellm: vs bare litellm and its Router (litellm_peer.py)",
     )
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # errors only
