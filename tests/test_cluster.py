@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -15,8 +15,8 @@ import pytest
 ray = pytest.importorskip("ray")
 cloudpickle = pytest.importorskip("ray.cloudpickle")
 
-from moe_agents import LLMExpert, Pipeline, Router, RouterConfig  # noqa: E402
-from moe_agents.backends.base import ChunkCallback, Completion, GenerationSettings  # noqa: E402
+from cluster_util import Scripted, reader_pipeline, replay_yaml  # noqa: E402
+
 from moe_agents.cluster.proxy import RayBackend  # noqa: E402
 from moe_agents.cluster.replica import BackendMaker  # noqa: E402
 from moe_agents.cluster.router import rank_replicas  # noqa: E402
@@ -25,10 +25,8 @@ from moe_agents.cluster.settings import Placement, RayConfig  # noqa: E402
 from moe_agents.cluster.trust import SharedTrust  # noqa: E402
 from moe_agents.errors import BackendError  # noqa: E402
 from moe_agents.routing.permission import Candidates, SelectConfig, select  # noqa: E402
-from moe_agents.testing import HashingEncoder  # noqa: E402
-from moe_agents.types import Message, Usage  # noqa: E402
 
-cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the doubles below run in replicas
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # its lambdas run in replicas
 
 RAY = RayConfig(num_cpus=2, object_store_mb=200)
 SMALL = Placement(replicas=2, num_cpus=0.25, max_ongoing_requests=16)
@@ -45,48 +43,6 @@ def cluster() -> Iterator[None]:
     ray.shutdown()
 
 
-class Scripted:
-    """A test double run in a replica: streams ``pieces``, then hangs (``hang_s``) or fails;
-    writes ``marker`` when it is cancelled."""
-
-    def __init__(
-        self, pieces: Sequence[str], *, hang_s: float = 0.0, fail: bool = False, marker: str = ""
-    ) -> None:
-        self.name = "scripted"
-        self.modalities: frozenset[str] = frozenset()
-        self.pieces, self.hang_s, self.fail, self.marker = list(pieces), hang_s, fail, marker
-
-    async def load(self) -> None: ...
-
-    async def unload(self) -> None: ...
-
-    async def complete(
-        self,
-        messages: Sequence[Message],
-        /,
-        *,
-        settings: GenerationSettings | None = None,
-        on_chunk: ChunkCallback | None = None,
-    ) -> Completion:
-        try:
-            for piece in self.pieces:
-                if on_chunk is not None:
-                    await on_chunk(piece)
-            await anyio.sleep(self.hang_s)
-        except anyio.get_cancelled_exc_class():
-            if self.marker:
-                Path(self.marker).write_text("cancelled")
-            raise
-        if self.fail:
-            raise BackendError("scripted failure on the replica", backend=self.name)
-        return Completion("".join(self.pieces), "scripted-1", Usage(2, len(self.pieces)))
-
-
-class Reader(LLMExpert):
-    kind = "reader"
-    default_exemplars = ("what is the answer", "answer this question")
-
-
 def replicas(app: str) -> list[str]:
     """The names of ``app``'s replica actors."""
     return [
@@ -100,9 +56,7 @@ async def test_a_real_backend_answers_from_two_replicas_with_placement() -> None
     """The replay backend (recorded answers of a real model) on two replicas: answers come
     through the pipeline and name at least two replicas in ``metadata["placement"]``."""
     backend = RayBackend("t-replay", REPLAY, SMALL, RAY)
-    pipeline = Pipeline(
-        [Reader(backends=[backend])], router=Router(RouterConfig(top_k=1), encoder=HashingEncoder())
-    )
+    pipeline = reader_pipeline(backend)
     answers = []
     async with pipeline, anyio.create_task_group() as tg:
 
@@ -161,9 +115,7 @@ async def test_a_replica_killed_mid_load_loses_nothing() -> None:
     retries on the live replica) and Serve starts a replacement."""
     make = lambda: Scripted(["ok"], hang_s=0.05)  # noqa: E731
     backend = RayBackend("t-kill", make, SMALL, RAY)
-    pipeline = Pipeline(
-        [Reader(backends=[backend])], router=Router(RouterConfig(top_k=1), encoder=HashingEncoder())
-    )
+    pipeline = reader_pipeline(backend)
     answered: list[str] = []
     failed: list[BaseException] = []
     async with pipeline:
@@ -253,21 +205,7 @@ async def test_a_yaml_pipeline_with_placement_answers_on_the_cluster(tmp_path: P
     """``ray:`` and a backend's ``placement:`` in YAML: the backend runs as a deployment with two
     replicas and answers name them."""
     config = tmp_path / "pipeline.yaml"
-    config.write_text(
-        """
-ray: {address: local, num_cpus: 2}
-backends:
-  recorded:
-    kind: replay
-    dataset: mmlu
-    model: mixtral-8x7b
-    missing: empty
-    placement: {replicas: 2, num_cpus: 0.25, max_ongoing_requests: 16}
-experts:
-  - {kind: reasoning, name: reader, backends: [recorded]}
-  - {kind: knowledge, name: other, backends: [recorded]}
-"""
-    )
+    config.write_text(replay_yaml("{replicas: 2, num_cpus: 0.25, max_ongoing_requests: 16}"))
     from moe_agents import load_pipeline
 
     pipeline = load_pipeline(config)

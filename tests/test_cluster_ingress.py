@@ -13,25 +13,15 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from cluster_util import replay_yaml  # noqa: E402
+
 from moe_agents.cluster.ingress import serve_on_ray  # noqa: E402
 from moe_agents.cluster.settings import RayConfig  # noqa: E402
 from moe_agents.server.settings import ServerConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-CONFIG = """
-ray: {address: local, num_cpus: 2}
-backends:
-  recorded:
-    kind: replay
-    dataset: mmlu
-    model: mixtral-8x7b
-    missing: empty
-    placement: {replicas: 2, num_cpus: 0.25}
-experts:
-  - {kind: reasoning, name: reader, backends: [recorded]}
-  - {kind: knowledge, name: other, backends: [recorded]}
-"""
+CONFIG = replay_yaml("{replicas: 2, num_cpus: 0.25}")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ under load loses no request, and Serve replaces its replica on the nodes that re
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import anyio
 import pytest
@@ -12,45 +12,15 @@ import pytest
 ray = pytest.importorskip("ray")
 cloudpickle = pytest.importorskip("ray.cloudpickle")
 
+from cluster_util import Scripted, reader_pipeline  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from moe_agents import LLMExpert, Pipeline, Router, RouterConfig  # noqa: E402
-from moe_agents.backends.base import ChunkCallback, Completion, GenerationSettings  # noqa: E402
 from moe_agents.cluster.proxy import RayBackend  # noqa: E402
 from moe_agents.cluster.settings import Placement, RayConfig  # noqa: E402
-from moe_agents.testing import HashingEncoder  # noqa: E402
-from moe_agents.types import Message, Usage  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 pytestmark = pytest.mark.slow
-
-
-class Steady:
-    """A backend that answers after a short pause (a stand-in for a model, run in the replicas)."""
-
-    name = "steady"
-    modalities: frozenset[str] = frozenset()
-
-    async def load(self) -> None: ...
-
-    async def unload(self) -> None: ...
-
-    async def complete(
-        self,
-        messages: Sequence[Message],
-        /,
-        *,
-        settings: GenerationSettings | None = None,
-        on_chunk: ChunkCallback | None = None,
-    ) -> Completion:
-        await anyio.sleep(0.05)
-        return Completion("ok", "steady-1", Usage(1, 1))
-
-
-class Reader(LLMExpert):
-    kind = "reader"
-    default_exemplars = ("what is the answer", "answer this question")
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +42,10 @@ def cluster() -> Iterator[Cluster]:
 async def test_a_removed_node_loses_no_request(cluster: Cluster) -> None:
     worker = next(n for n in cluster.worker_nodes)
     placement = Placement(replicas=3, num_cpus=0.3, max_ongoing_requests=16)
-    backend = RayBackend("t-nodes", lambda: Steady(), placement, RayConfig(address=cluster.address))
-    pipeline = Pipeline(
-        [Reader(backends=[backend])], router=Router(RouterConfig(top_k=1), encoder=HashingEncoder())
+    backend = RayBackend(
+        "t-nodes", lambda: Scripted(["ok"], hang_s=0.05), placement, RayConfig(address=cluster.address)
     )
+    pipeline = reader_pipeline(backend)
     failed: list[BaseException] = []
     nodes_seen: set[str] = set()
     async with pipeline:

@@ -22,6 +22,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
+from server_util import Coder
 
 from moe_agents import LLMExpert, Pipeline, Router, RouterConfig, TrustStore
 from moe_agents.experts.base import Signal
@@ -39,12 +40,6 @@ ANSWER = "Use s[::-1] to reverse it; <b>tags</b> stay text."
 WAIT_S = 20.0
 START_S = 60.0
 """Loading imports torch to fit the gate: slow on a busy machine."""
-
-
-class Coder(LLMExpert):
-    kind = "coding"
-    default_exemplars = ("write a python function", "fix this bug in my code", "refactor this class")
-    signals = (Signal(r"\b(python|code|function|bug)\b", 0.6),)
 
 
 class Helper(LLMExpert):
