@@ -138,14 +138,20 @@ class ServerState:
                 f"{param}: {first['msg']}" if param else first["msg"], param=param
             ) from None
 
-    async def query(self, request: wire.ChatRequest) -> Query:
-        limits = self.pipeline.limits
-        return await wire.to_query(
-            request,
+    async def chat(self, request: Request) -> tuple[wire.ChatRequest, Preset, str | None, Query]:
+        """A chat request's body, the preset and forced expert its model names, and its query;
+        the key, the model and readiness are checked first (401, 404, 503; bad input 400)."""
+        self.check_key(request)
+        body = await self.body(request, wire.ChatRequest)
+        preset, expert = self.policy(body.model)
+        self.check_ready()
+        query = await wire.to_query(
+            body,
             allow_remote=self.config.allow_remote_media,
             timeout_s=self.config.remote_media_timeout_s,
-            max_bytes=limits.max_attachment_bytes,
+            max_bytes=self.pipeline.limits.max_attachment_bytes,
         )
+        return body, preset, expert, query
 
 
 def create_app(
@@ -195,6 +201,11 @@ def create_app(
     async def api_error(_request: Request, exc: APIError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
+    @app.exception_handler(MoEError)  # handled here, not re-raised as a server error
+    async def moe_error(_request: Request, exc: MoEError) -> JSONResponse:
+        err = from_exception(exc)
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
@@ -208,11 +219,7 @@ def create_app(
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> Response:
-        state.check_key(request)
-        body = await state.body(request, wire.ChatRequest)
-        preset, expert = state.policy(body.model)
-        state.check_ready()
-        query = await state.query(body)
+        body, preset, expert, query = await state.chat(request)
         if body.stream:
             return await stream_response(
                 request,
@@ -229,8 +236,6 @@ def create_app(
             )
         except ClientDisconnected:
             return Response(status_code=499)
-        except MoEError as exc:
-            raise from_exception(exc) from None
         return JSONResponse(
             wire.completion(result, body.model, details=body.moe.details),
             headers=wire.selection_headers(result.id, result.selection),
@@ -249,34 +254,24 @@ def create_app(
 
     @app.post("/v1/route")
     async def route(request: Request) -> dict[str, Any]:
-        state.check_key(request)
-        body = await state.body(request, wire.ChatRequest)
-        preset, expert = state.policy(body.model)
-        state.check_ready()
-        query = await state.query(body)
-        try:
-            selection = await pipeline.route(query, preset=preset, expert=expert)
-        except MoEError as exc:
-            raise from_exception(exc) from None
+        body, preset, expert, query = await state.chat(request)
+        selection = await pipeline.route(query, preset=preset, expert=expert)
         return {"object": "moe.selection", "model": body.model, **selection.to_dict()}
 
     @app.post("/v1/feedback")
     async def feedback(request: Request) -> dict[str, Any]:
         state.check_key(request)
         body = await state.body(request, wire.FeedbackRequest)
-        score = body.score
-        if isinstance(score, bool) or not isinstance(score, int | float):
-            raise APIError.bad_request(f"score must be a number in [0, 1], got {score!r}", param="score")
-        try:
-            await pipeline.feedback(body.id, float(score))
-            result = pipeline.result(body.id)
+        try:  # the pipeline checks the score (errors.check_unit: a number in [0, 1], not a bool)
+            await pipeline.feedback(body.id, body.score)
         except MoEError as exc:
             err = from_exception(exc)
             err.param = err.param or "score"
             raise err from None
+        result = pipeline.result(body.id)
         return {
             "id": body.id,
-            "score": float(score),
+            "score": float(body.score),
             "experts": list(result.answers),
             "trust": _trust(pipeline, result),
         }
