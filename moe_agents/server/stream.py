@@ -69,10 +69,7 @@ async def stream_response(
     keepalive_s: float,
 ) -> Response:
     """The streaming response to ``body`` (see the module docstring)."""
-    try:
-        stream = pipeline.stream(query, preset=preset, expert=expert)
-    except MoEError as exc:
-        raise from_exception(exc) from None
+    stream = pipeline.stream(query, preset=preset, expert=expert)  # bad input: the app's MoEError handler
     try:
         first = await until_disconnect(request, lambda: _next(stream, keepalive_s))
     except ClientDisconnected:
