@@ -31,16 +31,43 @@ def routing(
     config: ConfigOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
     plot: Annotated[
-        Path | None, typer.Option("--plot", help="Write the confusion matrices here (PNG).")
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="Write the confusion matrices here (PNG), the reliability diagram beside it as "
+            "<stem>-reliability.png and the out-of-scope trade-off as <stem>-oos.png.",
+        ),
+    ] = None,
+    markdown: Annotated[
+        Path | None, typer.Option("--markdown", help="Write the README's table and lines here (Markdown).")
     ] = None,
     per_label: Annotated[int, typer.Option(help="Cap per label of the test set.")] = 400,
     fit_per_label: Annotated[int, typer.Option(help="Cap per label of fit-split exemplars.")] = 200,
-    seed: Annotated[int, typer.Option(help="Seed of the test-set sample.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the test-set sample, bootstrap and folds.")] = 0,
+    peer: Annotated[bool, typer.Option(help="Route with semantic-router too (moe-agents[eval]).")] = True,
+    resamples: Annotated[int, typer.Option(min=1, help="Bootstrap resamples per interval.")] = 2000,
+    oos: Annotated[
+        bool, typer.Option("--oos/--no-oos", help="Measure the out-of-scope fallback (CLINC oos).")
+    ] = True,
+    fallback_expert: Annotated[
+        str | None,
+        typer.Option(help="Fallback expert (default: the router's, else knowledge, else the first)."),
+    ] = None,
+    oos_max_lost: Annotated[
+        float, typer.Option(min=0.0, max=0.99, help="Most in-scope fit queries the threshold may lose.")
+    ] = 0.03,
+    oos_limit: Annotated[
+        int | None, typer.Option(min=1, help="Route a sample of this many oos_test queries (quick runs).")
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Route the labelled test-split set with five routers and report accuracy, macro-F1 and speed."""
-    from ..evaluation.metrics import plot_confusions, render_confusion, render_table
+    """Route the labelled test-split set with five routers and semantic-router; report accuracy
+    with 95 % intervals (overall and text-only), the paired test against the peer, calibration, the
+    out-of-scope fallback and speed."""
+    from ..evaluation.figures import plot_oos_curve, plot_reliability
+    from ..evaluation.metrics import plot_confusions, render_confusion
     from ..evaluation.routing import evaluate_routing
+    from ..evaluation.routing_report import render_routing, routing_lines, routing_markdown
 
     setup(verbose)
     pipeline = load(config)
@@ -54,22 +81,31 @@ def routing(
                 per_label=per_label,
                 fit_per_label=fit_per_label,
                 seed=seed,
+                peer=peer,
+                resamples=resamples,
+                out_of_scope=oos,
+                fallback_expert=fallback_expert,
+                oos_max_lost=oos_max_lost,
+                oos_limit=oos_limit,
                 progress=lambda line: status.update(line),
             )
 
     report = run(go)
     scores = report.pop("scores")
-    console.width = max(console.width, 120)  # the tables need the room; a pipe would get 80 columns
+    if json_out is not None:  # first, so that a long run's numbers are kept whatever follows
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2))
+    console.width = max(console.width, 160)  # the tables need the room; a pipe would get 80 columns
     console.print(f"test set: {report['set']['n']} queries {report['set']['per_label']} (seed {seed})")
+    console.print(render_routing(report))
     for variant, results in scores.items():
-        table = render_table(results)
-        table.title = f"gates fitted on: {variant}"
-        console.print(table)
         console.print(
             render_confusion(
                 results["router"], title=f"full router ({variant}): rows true, columns routed to"
             )
         )
+    for line in routing_lines(report):
+        console.print(line, soft_wrap=True)
     speed = report["speed"]
     single = speed["single_query"]
     console.print(
@@ -81,14 +117,27 @@ def routing(
         f"(ratio {speed['router_vs_encoder']:.2f})"
     )
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=2))
         console.print(f"wrote {json_out}")
+    if markdown is not None:
+        command = " ".join(
+            ["moe-agents eval routing"]
+            + ([f"-c {config}"] if config is not None else [])
+            + ([f"--json {json_out}"] if json_out is not None else [])
+            + ([f"--plot {plot}"] if plot is not None else [])
+            + [f"--markdown {markdown}"]
+        )
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(routing_markdown(report, command=command), encoding="utf-8")
+        console.print(f"wrote {markdown}")
     if plot is not None:
-        plot.parent.mkdir(parents=True, exist_ok=True)
         flat = {f"{r} ({v})": s for v, rs in scores.items() for r, s in rs.items()}
-        plot_confusions(flat, plot)
-        console.print(f"wrote {plot}")
+        written = [plot_confusions(flat, plot)]
+        written.append(
+            plot_reliability(report["calibration"], plot.with_name(f"{plot.stem}-reliability.png"))
+        )
+        if report["out_of_scope"] is not None:
+            written.append(plot_oos_curve(report["out_of_scope"], plot.with_name(f"{plot.stem}-oos.png")))
+        console.print(f"wrote {', '.join(str(p) for p in written)}")
 
 
 @app.command("momentum")

@@ -33,7 +33,10 @@ __all__ = [
     "MMLU_LEFT_OUT_SUBJECTS",
     "MMLU_REASONING_SUBJECTS",
     "ROUTING_LABELS",
+    "OOS_FIT_SPLITS",
     "LabelledQuery",
+    "clinc_out_of_scope",
+    "placeholder_image",
     "routing_fit_set",
     "routing_test_set",
 ]
@@ -73,6 +76,9 @@ _CLINC = "clinc/data_full.json"
 _CLINC_DOMAINS = "clinc/domains.json"
 _LLAVA = "llava/qa90_questions.jsonl"
 _CLINC_FIT_SPLITS = ("train", "val", "oos_train", "oos_val")
+
+OOS_FIT_SPLITS: tuple[str, ...] = ("oos_train", "oos_val")
+"""CLINC's out-of-scope fit splits (100 queries each): what an out-of-scope threshold may be chosen on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +188,38 @@ def routing_fit_set(
     return _sample(_dedupe(pools, exclude=set()), per_label=per_label, seed=seed)
 
 
+def clinc_out_of_scope(
+    data_dir: str | Path | None = None, *, splits: Sequence[str] = ("oos_test",)
+) -> list[str]:
+    """CLINC's out-of-scope queries (none of the 150 intents; none of this pipeline's domains either),
+    deduplicated in file order.
+
+    Args:
+        data_dir: the evaluation data folder (default: ``$MOE_AGENTS_EVAL_DATA``).
+        splits: ``oos_test`` (measurement only) or fit splits ``oos_train``/``oos_val``
+            (``OOS_FIT_SPLITS``), never both kinds at once.
+
+    Raises:
+        ConfigError: no folder is given, the data is missing or malformed, or a split is absent.
+        ValueError: no split, a split that is not an out-of-scope one, or test and fit splits mixed.
+    """
+    known = {"oos_test", *OOS_FIT_SPLITS}
+    if not splits or not set(splits) <= known:
+        raise ValueError(f"splits must be among {sorted(known)}, got {list(splits)}")
+    if "oos_test" in splits and len(set(splits)) > 1:
+        raise ValueError("oos_test is for measurement only: do not mix it with fit splits")
+    data_dir = eval_data_dir(data_dir)
+    clinc, _ = _clinc(data_dir)
+    out: dict[str, str] = {}
+    for split in splits:
+        if split not in clinc:
+            raise ConfigError(f"CLINC data has no {split!r} split", path=data_dir / _CLINC)
+        for text, _intent in clinc[split]:
+            if text:
+                out.setdefault(_norm(text), text)
+    return list(out.values())
+
+
 def _humaneval(data_dir: Path) -> list[LabelledQuery]:
     path = data_file(data_dir, _HUMANEVAL)
     return [
@@ -283,9 +321,7 @@ def _llava(data_dir: Path) -> list[LabelledQuery]:
     path = data_file(data_dir, _LLAVA)
     out = []
     for n, row in read_jsonl(path):
-        image = Attachment(
-            "image", data=_placeholder_png(text_field(row, "image", path, n)), mime="image/png"
-        )
+        image = placeholder_image(text_field(row, "image", path, n))
         out.append(LabelledQuery(text_field(row, "text", path, n), "omni", "llava", (image,)))
     return out
 
@@ -299,6 +335,12 @@ def _load_json(path: Path) -> Mapping[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError("expected a JSON object", path=path)
     return value
+
+
+def placeholder_image(name: str) -> Attachment:
+    """A tiny PNG image attachment in one colour derived from ``name`` (the COCO images of LLaVA's
+    questions are not included; this stands in for one)."""
+    return Attachment("image", data=_placeholder_png(name), mime="image/png")
 
 
 @cache
