@@ -69,6 +69,17 @@ async def cv_confidences(
     """The full router's top-1 confidence and correctness on every exemplar, each routed by a
     router whose gate was fitted on the other folds (folds stratified per expert, seeded).
 
+    A fold's router keeps what ``router`` settled on all exemplars (the encoder it embeds queries
+    with, its gate weight, its gate settings) and refits only the gate: refitting a tuned encoder
+    per fold would take minutes each. Where the encoder was tuned on the exemplars, the held-out
+    ones are therefore not fully unseen, and their confidences lean high.
+
+    Args:
+        router: the full router, prepared (its gate fitted).
+        experts: the experts.
+        folds: cross-validation folds.
+        seed: seeds the folds.
+
     Returns:
         ``(confidence, correct)``, one entry per exemplar.
     """
@@ -76,7 +87,11 @@ async def cv_confidences(
     by_name = {e.name: e for e in experts}
     texts = [t for ts in exemplars.values() for t in ts]
     labels = [n for n, ts in exemplars.items() for _ in ts]
-    vectors = await anyio.to_thread.run_sync(router.encoder.encode, texts)
+    encoder = getattr(router, "active_encoder", router.encoder)
+    config = replace(
+        router.config, top_k=1, gate_weight=getattr(router, "gate_weight", router.config.gate_weight)
+    )
+    vectors = await anyio.to_thread.run_sync(encoder.encode, texts)
     rng = np.random.default_rng(seed)
     fold = np.empty(len(texts), dtype=np.int64)
     for name in exemplars:
@@ -87,10 +102,10 @@ async def cv_confidences(
         train, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
         gate, _ = await anyio.to_thread.run_sync(
             functools.partial(
-                fit_gate, vectors[train], [labels[i] for i in train], list(exemplars), router.config.gate
+                fit_gate, vectors[train], [labels[i] for i in train], list(exemplars), config.gate
             )
         )
-        cv = Router(replace(router.config, top_k=1), encoder=router.encoder, rules=router.rules, gate=gate)
+        cv = Router(config, encoder=encoder, rules=router.rules, gate=gate)
         queries = [_exemplar_query(texts[i], by_name[labels[i]]) for i in held]
         for i, sel in zip(held, await route_all(cv, queries, experts), strict=True):
             conf[i], correct[i] = confidence(sel), sel.experts[0] == labels[i]
@@ -151,7 +166,13 @@ async def evaluate_out_of_scope(
         [confidence(s) for s in await route_all(router, [Query(t) for t in oos_test], experts)]
     )
     guard = Router(
-        replace(router.config, top_k=1, min_confidence=threshold, fallback_expert=fallback),
+        replace(
+            router.config,
+            top_k=1,
+            min_confidence=threshold,
+            fallback_expert=fallback,
+            gate_weight=getattr(router, "gate_weight", router.config.gate_weight),
+        ),
         encoder=router.encoder,
         rules=router.rules,
         gate=router.gate,
