@@ -4,10 +4,12 @@ The same N concurrent chat calls through bare ``litellm.acompletion``, litellm's
 deployments, its default simple-shuffle) and a moe-agents ``Pipeline`` of 4 experts on
 ``LiteLLMBackend`` (top-1, ``HashingEncoder`` so that no encoder cost is counted), all answering
 with litellm's ``mock_response``: no network, and every contender pays litellm's own cost once.
-Reported per contender: process CPU per request and latency percentiles; one run, one process.
+Reported per contender: process CPU per request (until the process is idle again, so the logging
+litellm does in background tasks after each call counts) and latency percentiles; one run, one
+process.
 
 Run: ``python benchmarks/overhead.py --mode litellm [--requests 1000]`` (this module is its
-litellm mode); writes ``benchmarks/out/overhead_litellm.json``.
+litellm mode); writes ``benchmarks/results/overhead_litellm.json`` and ``overhead_litellm.png``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,19 @@ PROMPTS = [
 ]
 
 
+async def settle(window_s: float = 0.05, idle_cpu_s: float = 0.002) -> None:
+    """Returns once the process is idle: litellm logs every call (cost, payload) in background
+    tasks after the call has returned, and that CPU belongs to the calls. Without waiting for it,
+    whichever contender finishes its calls in one burst leaves its logging outside the window."""
+    last = time.process_time()
+    while True:
+        await anyio.sleep(window_s)
+        now = time.process_time()
+        if now - last < idle_cpu_s:
+            return
+        last = now
+
+
 async def _run(n: int, call: Callable[[int], Awaitable[object]]) -> dict[str, float]:
     """CPU per request and latency percentiles of ``n`` concurrent calls."""
     latencies = [0.0] * n
@@ -46,7 +61,9 @@ async def _run(n: int, call: Callable[[int], Awaitable[object]]) -> dict[str, fl
     async with anyio.create_task_group() as tg:
         for i in range(n):
             tg.start_soon(one, i)
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    wall = time.perf_counter() - wall
+    await settle()
+    cpu = time.process_time() - cpu
     ms = np.asarray(latencies) * 1000
     return {
         "cpu_ms_per_request": cpu / n * 1000,
@@ -131,4 +148,26 @@ def main(n: int, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "overhead_litellm.json"
     path.write_text(json.dumps({"requests": n, "results": results, "targets": targets}, indent=2))
-    console.print(f"wrote {path}")
+    plot(results, n, out / "overhead_litellm.png")
+    console.print(f"wrote {path} and {path.with_suffix('.png')}")
+
+
+def plot(results: dict[str, Any], n: int, path: Path) -> None:
+    """CPU per request of each contender, bare litellm + 1 ms marked (the target)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    cpu = [results[name]["cpu_ms_per_request"] for name in names]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(names, cpu, color=["tab:gray", "tab:blue", "tab:orange"][: len(names)])
+    ax.axhline(cpu[0] + 1.0, color="gray", linestyle="--", label="bare + 1.0 ms (target)")
+    for i, value in enumerate(cpu):
+        ax.text(i, value, f"{value:.2f}", ha="center", va="bottom")
+    ax.set_ylabel("process CPU per request (ms)")
+    ax.set_title(f"{n} concurrent chat calls, litellm mock responses")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -4,13 +4,16 @@ Every backend is a ``FunctionBackend`` with a fixed latency (default 50 ms), so 
 that is the cost of routing, bookkeeping and aggregation. Both contenders run the same number of
 requests concurrently in the same process; the overhead reported is the difference of their
 latency percentiles. A sequential pass (one request at a time) gives per-request differences.
+Process CPU is counted per pass too: the CPU overhead per request is the moe-agents pass's CPU
+minus the bare pass's, divided by the requests (with ``--encoder hashing`` no encoder cost is in
+it; the goal is ≤ 0.3 ms).
 
 Run: ``python benchmarks/overhead.py [--requests 1000] [--latency-ms 50] [--encoder hashing|minilm]``
-Writes ``benchmarks/out/overhead.json`` and ``benchmarks/out/overhead.png``.
+Writes ``benchmarks/results/overhead.json`` and ``benchmarks/results/overhead.png``.
 
 ``--mode litellm`` measures the peer instead: the same concurrent calls through bare
 ``litellm.acompletion``, litellm's ``Router`` and moe-agents on ``LiteLLMBackend``, all on mock
-responses (``benchmarks/litellm_peer.py``).
+responses (``benchmarks/litellm_peer.py``); it writes ``overhead_litellm.json`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from moe_agents.experts import CodingExpert, EpistemicExpert, KnowledgeExpert, R
 from moe_agents.testing import FunctionBackend, HashingEncoder
 from moe_agents.types import Message
 
-OUT = Path(__file__).parent / "out"
+OUT = Path(__file__).parent / "results"
 PROMPTS = [
     "Write a Python function that merges two sorted lists",
     "If 3 apples cost $1.20, how much do 10 apples cost?",
@@ -58,9 +61,13 @@ def build(latency_s: float, encoder: str, top_k: int) -> tuple[Pipeline, list[Fu
     return pipeline, backends
 
 
-async def timed_batch(n: int, call: Callable[[int], Awaitable[object]], concurrent: bool) -> list[float]:
-    """Latency in seconds of each of ``n`` calls, run all at once or one after another."""
+async def timed_batch(
+    n: int, call: Callable[[int], Awaitable[object]], concurrent: bool
+) -> tuple[list[float], float]:
+    """Latency in seconds of each of ``n`` calls, run all at once or one after another, and the
+    process CPU seconds the batch took."""
     out = [0.0] * n
+    cpu = time.process_time()
 
     async def one(i: int) -> None:
         t = time.perf_counter()
@@ -74,7 +81,7 @@ async def timed_batch(n: int, call: Callable[[int], Awaitable[object]], concurre
     else:
         for i in range(n):
             await one(i)
-    return out
+    return out, time.process_time() - cpu
 
 
 def pct(xs: Sequence[float], q: float) -> float:
@@ -105,11 +112,16 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
             ("concurrent", args.requests, True),
             ("sequential", args.sequential, False),
         ):
-            b = await timed_batch(n, bare, concurrent)
-            m = await timed_batch(n, moe(mode), concurrent)
+            b, b_cpu = await timed_batch(n, bare, concurrent)
+            m, m_cpu = await timed_batch(n, moe(mode), concurrent)
             per_request = [(mi - bi) * 1000 for mi, bi in zip(m, b, strict=True)]
             results[mode] = {
                 "requests": n,
+                "cpu_ms_per_request": {
+                    "bare": b_cpu / n * 1000,
+                    "moe": m_cpu / n * 1000,
+                    "overhead": (m_cpu - b_cpu) / n * 1000,
+                },
                 "bare_ms": {"p50": pct(b, 50) * 1000, "p99": pct(b, 99) * 1000},
                 "moe_ms": {"p50": pct(m, 50) * 1000, "p99": pct(m, 99) * 1000},
                 "overhead_ms": {
@@ -147,7 +159,7 @@ def plot(results: dict[str, object], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, mode in zip(axes, ("concurrent", "sequential"), strict=True):
         r = results[mode]
         assert isinstance(r, dict)
@@ -156,6 +168,13 @@ def plot(results: dict[str, object], path: Path) -> None:
         ax.set_title(f"{mode}: {r['requests']} requests")
         ax.set_xlabel("latency (ms)")
         ax.legend()
+    ax = axes[2]
+    overhead = [results[m]["cpu_ms_per_request"]["overhead"] for m in ("concurrent", "sequential")]  # type: ignore[index]
+    ax.bar(["concurrent", "sequential"], overhead, color="tab:orange")
+    ax.axhline(0.3, color="gray", linestyle="--", label="goal 0.3 ms")
+    ax.set_ylabel("CPU overhead per request (ms)")
+    ax.set_title("moe-agents CPU minus bare fan-out CPU")
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -199,15 +218,18 @@ def main() -> None:
     print(f"backend latency {args.latency_ms:.0f} ms, top_k={args.top_k}, encoder={args.encoder}")
     print(
         f"{'mode':<11} {'n':>5} {'bare p50':>9} {'moe p50':>9} {'bare p99':>9} {'moe p99':>9} "
-        f"{'ovh p50':>8} {'ovh p99':>8}"
+        f"{'ovh p50':>8} {'ovh p99':>8} {'ovh CPU/req':>12}"
     )
     for mode in ("concurrent", "sequential"):
         r = summary[mode]
         print(
             f"{mode:<11} {r['requests']:>5} {r['bare_ms']['p50']:>9.2f} {r['moe_ms']['p50']:>9.2f} "
             f"{r['bare_ms']['p99']:>9.2f} {r['moe_ms']['p99']:>9.2f} "
-            f"{r['overhead_ms']['p50']:>8.2f} {r['overhead_ms']['p99']:>8.2f}"
+            f"{r['overhead_ms']['p50']:>8.2f} {r['overhead_ms']['p99']:>8.2f} "
+            f"{r['cpu_ms_per_request']['overhead']:>9.3f} ms"
         )
+    cpu = summary["concurrent"]["cpu_ms_per_request"]["overhead"]
+    print(f"CPU overhead per request, concurrent: {cpu:.3f} ms (goal <= 0.3 ms with --encoder hashing)")
     paired = summary["sequential"]["paired_overhead_ms"]
     print(
         f"sequential paired per-request overhead: p50 {paired['p50']:.2f} ms, p99 {paired['p99']:.2f} ms "

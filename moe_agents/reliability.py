@@ -3,8 +3,9 @@
 ``GuardedBackend`` wraps any backend:
 
 - a call that fails with a *retryable* ``BackendError`` (rate limit, timeout, 5xx) is tried again
-  with exponential backoff and jitter (tenacity), up to ``RetryPolicy.attempts`` tries; other errors
-  are not retried, and neither is a streamed call that already sent text (the text would repeat);
+  with exponential backoff and jitter (``RetryPolicy.backoff_s``), up to ``RetryPolicy.attempts``
+  tries; other errors are not retried, and neither is a streamed call that already sent text (the
+  text would repeat);
 - after ``BreakerPolicy.failures`` failed calls in a row the breaker opens: calls fail at once
   with ``BackendUnavailable`` until ``cooldown_s`` has passed; then one trial call is let through
   (half-open) and its outcome closes or re-opens the breaker.
@@ -19,12 +20,13 @@ a call is tried at most ``RetryPolicy.attempts`` times.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Protocol, runtime_checkable
 
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
+import anyio
 
 from .backends.base import Backend, ChunkCallback, Completion, GenerationSettings
 from .bounds import Ge, Gt, check_bounds
@@ -58,6 +60,11 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         check_bounds("retry", self, {"max_s": self.max_s >= self.initial_s})
+
+    def backoff_s(self, attempt: int) -> float:
+        """The wait after failed try ``attempt`` (1-based): ``initial_s · 2^(attempt − 1)``, at most
+        ``max_s``, plus a uniform jitter in ``[0, jitter_s]``."""
+        return min(self.initial_s * 2 ** (attempt - 1), self.max_s) + random.uniform(0, self.jitter_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,29 +227,21 @@ class GuardedBackend:
             assert on_chunk is not None
             await on_chunk(text)
 
-        def retryable(exc: BaseException) -> bool:
-            return isinstance(exc, BackendError) and exc.retryable and not sent
-
         policy = self.retry
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(policy.attempts),
-            wait=wait_exponential(multiplier=policy.initial_s, max=policy.max_s)
-            + wait_random(0, policy.jitter_s),
-            retry=retry_if_exception(retryable),
-            before_sleep=lambda state: log.info(
-                "backend.retry",
-                backend=self.name,
-                attempt=state.attempt_number,
-                error=str(state.outcome.exception()) if state.outcome else None,
-            ),
-            reraise=True,
-        )
+        attempt = 1
         try:
-            async for attempt in retrying:
-                with attempt:
+            while True:
+                try:
                     completion = await self.inner.complete(
                         messages, settings=settings, on_chunk=forward if on_chunk is not None else None
                     )
+                    break
+                except BackendError as exc:
+                    if not exc.retryable or sent or attempt >= policy.attempts:
+                        raise
+                    log.info("backend.retry", backend=self.name, attempt=attempt, error=str(exc))
+                await anyio.sleep(policy.backoff_s(attempt))
+                attempt += 1
         except BaseException as exc:
             if isinstance(exc, Exception):
                 self.breaker.failure()

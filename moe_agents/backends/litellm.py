@@ -60,10 +60,17 @@ def _import_litellm() -> ModuleType:
     return litellm
 
 
+_imported: ModuleType | None = None
+
+
 async def _litellm() -> ModuleType:
     """The litellm module, imported in a worker thread: the first import takes seconds, and a
-    concurrent caller waits there for it to finish rather than seeing a half-initialised module."""
-    return await anyio.to_thread.run_sync(_import_litellm)
+    concurrent caller waits there for it to finish rather than seeing a half-initialised module.
+    Once imported it is returned at once (a thread hop per call costs about 1 ms of CPU)."""
+    global _imported
+    if _imported is None:
+        _imported = await anyio.to_thread.run_sync(_import_litellm)
+    return _imported
 
 
 class LiteLLMBackend:

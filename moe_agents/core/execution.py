@@ -30,6 +30,7 @@ __all__ = ["Emitter", "Executor", "Prepare", "RunState"]
 log = get_logger(__name__)
 
 _FALLBACK_MARKER = "\n\n[{failed} failed mid-answer; continuing with {next}]\n\n"
+_NO_DEADLINE = contextlib.nullcontext()  # reusable; a cancel scope per call costs more than it is worth
 
 
 @dataclass(slots=True)
@@ -111,10 +112,12 @@ class Executor:
                 await self.ask(run, name, query, sink)
 
         t = time.perf_counter()
-        if fan_out:
+        if fan_out and len(selection.experts) > 1:
             async with anyio.create_task_group() as tg:
                 for name in selection.experts:
                     tg.start_soon(attempt, name, stream_single)
+        elif fan_out:  # one expert: no task group to fan out to
+            await attempt(selection.experts[0], stream_single)
         else:  # the aggregator calls the others itself: one answer to start from, best first
             for name in selection.experts:
                 await attempt(name, stream_single)
@@ -161,7 +164,7 @@ class Executor:
             query = await self.prepare(expert, query, run)
         timeout_s = expert.timeout_s
         try:
-            with anyio.fail_after(timeout_s):
+            with anyio.fail_after(timeout_s) if timeout_s is not None else _NO_DEADLINE:
                 async with member.limiter:
                     with expert.stats.running():
                         answer = await expert.process(query, on_chunk=on_chunk)

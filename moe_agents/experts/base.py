@@ -101,6 +101,10 @@ class Expert(ABC):
     media_only: bool = False
     exemplars: Sequence[str] = ()
     policy: ExpertPolicy = ExpertPolicy()
+    assessment_waits: ClassVar[bool] = True
+    """Whether ``can_handle`` may wait (on I/O, a model): the router then asks such experts
+    concurrently; ``False`` (a rule-based assessment) lets it ask them one after another, which
+    costs less than a task per expert."""
 
     @property
     def max_load(self) -> int:
@@ -186,6 +190,9 @@ class Expert(ABC):
         return f"{type(self).__name__}(name={self.name!r})"
 
 
+_ASSESSED_KEPT = 256
+
+
 @dataclass(frozen=True, slots=True)
 class Signal:
     """A regular expression whose match adds ``weight`` to a self-assessment."""
@@ -234,6 +241,7 @@ class LLMExpert(Expert):
     default_exemplars: ClassVar[tuple[str, ...]] = ()
     signals: ClassVar[tuple[Signal, ...]] = ()
     base_confidence: ClassVar[float] = 0.1
+    assessment_waits: ClassVar[bool] = False  # signals are regular expressions
 
     name: str = ""
     _: KW_ONLY
@@ -256,6 +264,7 @@ class LLMExpert(Expert):
         self._guards = tuple(b if isinstance(b, GuardedBackend) else GuardedBackend(b) for b in self.backends)
         self.backends = self._guards
         self._in_flight: dict[int, int] = {}
+        self._assessed: dict[str, float] = {}  # recent texts' signal scores: routing and process ask both
 
     def recovers_at(self) -> float | None:
         """``None`` when a backend can take a call now; else when the first leaves its cooldown
@@ -268,8 +277,15 @@ class LLMExpert(Expert):
         """Base confidence plus the weight of every matching signal, clipped to [0, 1]."""
         if not self.accepts(query):
             return 0.0
-        score = self.base_confidence + sum(s.weight for s in self.signals if s.matches(query.text))
-        return min(max(score, 0.0), 1.0)
+        text = query.text
+        score = self._assessed.get(text)
+        if score is None:
+            score = self.base_confidence + sum(s.weight for s in self.signals if s.matches(text))
+            score = min(max(score, 0.0), 1.0)
+            if len(self._assessed) >= _ASSESSED_KEPT:
+                self._assessed.clear()
+            self._assessed[text] = score
+        return score
 
     async def build_messages(self, query: Query) -> list[Message]:
         """System prompt, then the query's context (if any), then the request."""

@@ -23,8 +23,9 @@ Modes of a selection:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
@@ -228,20 +229,31 @@ def select(
 
     scores: dict[str, ExpertScore] = {}
     base = c.base or {}
-    for i, name in enumerate(c.names):
-        prior = base.get(name, ExpertScore())
-        note = notes.get(i) or prior.note or (None if allowed[i] else "not allowed now (budget)")
-        scores[name] = replace(
-            prior,
-            expertise=float(expertise[i]),
-            trust=None if c.trust is None else float(np.asarray(c.trust)[i]),
-            cheapness=float(cheapness[i]),
-            persistence=float(persistence[i]),
-            permission=float(max(perm[i], 0.0)) if np.isfinite(perm[i]) else 0.0,
+    # plain floats: indexing numpy arrays element by element costs more than the arithmetic
+    final = [max(p, 0.0) if math.isfinite(p) else 0.0 for p in perm.tolist()]
+    trust_of = None if c.trust is None else np.asarray(c.trust, dtype=np.float64).tolist()
+    n_cheap = np.broadcast_to(cheapness, (n,)).tolist()
+    n_persist = np.broadcast_to(persistence, (n,)).tolist()
+    allowed_l = allowed.tolist()
+    for i, (name, exp) in enumerate(zip(c.names, expertise.tolist(), strict=True)):
+        prior = base.get(name, _NO_SCORE)
+        note = notes.get(i) or prior.note or (None if allowed_l[i] else "not allowed now (budget)")
+        scores[name] = ExpertScore(
+            gate=prior.gate,
+            self_assessment=prior.self_assessment,
+            load=prior.load,
+            expertise=exp,
+            trust=None if trust_of is None else trust_of[i],
+            cheapness=n_cheap[i],
+            persistence=n_persist[i],
+            permission=final[i],
             note=note,
         )
-    ranked = [(c.names[i], max(float(perm[i]), 0.0) if np.isfinite(perm[i]) else 0.0) for i in chosen]
+    ranked = [(c.names[i], final[i]) for i in chosen]
     return Selection.from_scores(ranked, mode=mode, scores=scores, context=context)
+
+
+_NO_SCORE = ExpertScore()
 
 
 def _cosine(profiles: np.ndarray, i: int) -> np.ndarray:

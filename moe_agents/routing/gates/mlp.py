@@ -64,18 +64,55 @@ class GatingNetwork(SavedGate):
     ) -> None:
         super().__init__(experts, config=config, temperature=temperature, report=report)
         self.net = net.eval()
+        self._params: tuple[torch.nn.Module, list[torch.nn.Parameter] | None] | None = None
+        self._weights: tuple[np.ndarray, ...] = ()
+        self._weights_key: tuple[int, ...] | None = None
 
     @property
     def dim(self) -> int:
+        weights = self._numpy_weights()
+        if weights is not None:
+            return int(weights[0].shape[0])  # W1ᵀ is (D, H)
         return int(self.net.get_parameter("fc1.weight").shape[1])
 
     def logits(self, embeddings: np.ndarray) -> np.ndarray:
-        """The network's raw outputs ``(N, E)``, before the temperature and the softmax."""
-        import torch
+        """The network's raw outputs ``(N, E)``, before the temperature and the softmax.
 
-        x = torch.from_numpy(np.ascontiguousarray(self._queries(embeddings)))  # (N, D)
-        with torch.inference_mode():
-            return self.net(x).double().numpy()  # type: ignore[no-any-return]
+        Computed with numpy on a float32 copy of the weights: for the few rows a route asks about,
+        a torch forward costs about a millisecond of dispatch (and wakes its thread pool), the
+        arithmetic microseconds. A network of another shape than ``GateMLP`` runs through torch.
+        """
+        x = self._queries(embeddings)  # (N, D) float32
+        weights = self._numpy_weights()
+        if weights is None:
+            import torch
+
+            with torch.inference_mode():
+                return self.net(torch.from_numpy(np.ascontiguousarray(x))).double().numpy()  # type: ignore[no-any-return]
+        w1, b1, w2, b2, w3, b3 = weights
+        h = _gelu(x @ w1 + b1)  # (N, H)
+        h = _gelu(h @ w2 + b2)  # (N, H/2)
+        return (h @ w3 + b3).astype(np.float64)  # (N, E)
+
+    def _numpy_weights(self) -> tuple[np.ndarray, ...] | None:
+        """``(W1ᵀ, b1, W2ᵀ, b2, W3ᵀ, b3)`` as float32 arrays, copied again only when a parameter
+        changed (torch bumps a tensor's ``_version`` on every in-place write, ``load_state_dict``
+        included) or ``net`` was replaced; ``None`` for a network that is not ``GateMLP``'s three
+        linear layers."""
+        net = self.net
+        if self._params is None or self._params[0] is not net:
+            params = dict(net.named_parameters())
+            found = [params[n] for n in _MLP_ORDER] if params.keys() == _MLP_PARAMS else None
+            self._params, self._weights_key = (net, found), None
+        found = self._params[1]
+        if found is None:
+            return None
+        key = tuple(p._version for p in found)
+        if self._weights_key != key:
+            arrays = [p.detach().cpu().numpy().astype(np.float32) for p in found]
+            self._weights = tuple(a.T.copy() if a.ndim == 2 else a.copy() for a in arrays)
+            self._weights_key = key
+        return self._weights
 
     def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
         """Probabilities ``(N, E)``: ``softmax(logits / temperature)``."""
@@ -263,6 +300,40 @@ def load_mlp(
     net = _new_mlp(tensors["fc1.weight"].shape[1], len(experts), config)
     net.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
     return GatingNetwork(net, experts, config=config, temperature=temperature, report=report)
+
+
+_MLP_ORDER = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "head.weight", "head.bias")
+_MLP_PARAMS = frozenset(_MLP_ORDER)
+
+# Abramowitz & Stegun 7.1.26: |erf error| <= 1.5e-7, below float32's resolution of the activations
+_ERF_P = np.float32(0.3275911)
+_ERF_A = tuple(np.float32(a) for a in (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592))
+_SQRT_HALF = np.float32(1 / math.sqrt(2))
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    """Exact (erf) GELU, as ``torch.nn.functional.gelu``, in float32 numpy: ``x · (1 + erf(x/√2)) / 2``."""
+    z = np.abs(x)
+    z *= _SQRT_HALF
+    t = _ERF_P * z
+    t += 1
+    np.reciprocal(t, out=t)
+    poly = _ERF_A[0] * t
+    for a in _ERF_A[1:-1]:
+        poly += a
+        poly *= t
+    poly += _ERF_A[-1]
+    poly *= t
+    np.square(z, out=z)
+    np.negative(z, out=z)
+    np.exp(z, out=z)
+    poly *= z  # 1 - erf(|x|/√2)
+    np.subtract(1, poly, out=poly)
+    np.copysign(poly, x, out=poly)  # erf(x/√2)
+    poly += 1
+    poly *= x
+    poly *= 0.5
+    return poly
 
 
 def _nll(z: np.ndarray, y: np.ndarray, temperature: float) -> float:
