@@ -287,12 +287,14 @@ class Router:
         cfg = self.config
         await self.prepare(experts)
         scores: dict[str, ExpertScore] = {}
-        candidates = [e for e in experts if e.accepts(query)]
+        candidates = []
         for e in experts:
-            if not e.accepts(query):
-                missing = sorted(query.modalities - e.modalities - {"file"})
-                note = f"does not accept {missing}" if missing else "takes only queries with images or audio"
-                scores[e.name] = ExpertScore(note=note)
+            if e.accepts(query):
+                candidates.append(e)
+                continue
+            missing = sorted(query.modalities - e.modalities - {"file"})
+            note = f"does not accept {missing}" if missing else "takes only queries with images or audio"
+            scores[e.name] = ExpertScore(note=note)
         if not candidates:
             raise NoCapableExpert(
                 f"no expert accepts attachments of kind {sorted(query.modalities)}; "
@@ -329,9 +331,13 @@ class Router:
         async def assess(i: int) -> None:
             assessed[i] = min(max(float(await candidates[i].can_handle(query)), 0.0), 1.0)
 
-        async with anyio.create_task_group() as tg:
+        if any(candidates[i].assessment_waits for i in assess_order):
+            async with anyio.create_task_group() as tg:
+                for i in assess_order:
+                    tg.start_soon(assess, int(i))
+        else:  # rule-based assessments never wait: a task each would cost more than they do
             for i in assess_order:
-                tg.start_soon(assess, int(i))
+                await assess(int(i))
 
         names = [e.name for e in candidates]
         expertise = np.empty(len(candidates))
