@@ -216,8 +216,9 @@ class TestFit:
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"shared evaluation data not found at {DATA}")
 class TestEvalRouting:
     def test_small_routing_benchmark(self, config: Path, tmp_path: Path) -> None:
-        """`eval routing` scores all five routers on a small sample and writes JSON and a PNG."""
-        report, plot = tmp_path / "r.json", tmp_path / "r.png"
+        """`eval routing` scores five routers and semantic-router on a small sample, with intervals,
+        the paired test, calibration and the out-of-scope fallback; writes JSON, Markdown and 3 PNGs."""
+        report, plot, md = tmp_path / "r.json", tmp_path / "r.png", tmp_path / "r.md"
         result = runner.invoke(
             app,
             [
@@ -231,10 +232,16 @@ class TestEvalRouting:
                 "8",
                 "--fit-per-label",
                 "8",
+                "--resamples",
+                "200",
+                "--oos-limit",
+                "40",
                 "--json",
                 str(report),
                 "--plot",
                 str(plot),
+                "--markdown",
+                str(md),
             ],
             env={"COLUMNS": "200"},
         )
@@ -242,11 +249,28 @@ class TestEvalRouting:
         data = json.loads(report.read_text())
         assert set(data["variants"]) == {"exemplars", "exemplars+fit"}
         for routers in data["variants"].values():
-            assert set(routers) == {"keyword", "centroid", "knn", "mlp", "router"}
-            assert all(0.0 <= r["accuracy"] <= 1.0 for r in routers.values())
+            assert set(routers) == {"keyword", "centroid", "knn", "mlp", "router", "semantic-router"}
+            for r in routers.values():
+                low, high = r["ci95"]
+                assert 0.0 <= low <= r["accuracy"] <= high <= 1.0
+                assert r["text_only"]["n"] == 32  # the 8 omni queries carry an image
         assert data["set"]["per_label"] == {
             label: 8 for label in ("coding", "reasoning", "knowledge", "epistemic", "omni")
         }
+        for variant in ("exemplars", "exemplars+fit"):
+            paired = data["paired"][variant]["text_only"]
+            router = data["variants"][variant]["router"]["text_only"]["accuracy"]
+            peer = data["variants"][variant]["semantic-router"]["text_only"]["accuracy"]
+            assert (paired["b_router_only"] - paired["c_peer_only"]) / 32 == pytest.approx(router - peer)
+            assert 0.0 < paired["mcnemar_p"] <= 1.0
+            assert set(data["calibration"][variant]) == {"mlp", "router"}
+            assert sum(data["calibration"][variant]["router"]["count"]) == 40
+        oos = data["out_of_scope"]
+        assert oos["oos_n"] == 40 and oos["inscope_n"] == 40 and oos["fit"]["oos_n"] == 200
+        assert 0.0 <= oos["threshold"] <= 1.0 and oos["fit"]["inscope_lost"] <= 0.03
         assert data["speed"]["single_query"]["p50_ms"] > 0
-        assert plot.stat().st_size > 1000
+        for png in (plot, tmp_path / "r-reliability.png", tmp_path / "r-oos.png"):
+            assert png.stat().st_size > 1000
+        assert "| full router (MLP gate × self-assessment × load) | `exemplars` |" in md.read_text()
+        assert "McNemar" in result.stdout and "out-of-scope" in result.stdout
         assert "single-query routing" in result.stdout
