@@ -27,10 +27,11 @@ from ..reliability import BreakerPolicy, GuardedBackend, RetryPolicy
 from ..residency import GB, Residency, ResidencyConfig, ResidentBackend
 from ..resources import BUNDLED_ENCODER
 from ..routing.context import ContextConfig
-from ..routing.encoder import Encoder, LiteLLMEncoder, SentenceEncoder, bundled_encoder
+from ..routing.encoder import Encoder, LiteLLMEncoder
 from ..routing.exemplars import read_exemplars_jsonl
 from ..routing.gates import GateConfig, load_gate
 from ..routing.momentum import MomentumConfig
+from ..routing.onnx_encoder import local_encoder
 from ..routing.permission import SelectConfig
 from ..routing.router import Router, RouterConfig
 from ..routing.rules import Rule
@@ -256,12 +257,16 @@ class _Builder:
         )
 
     def encoder(self) -> Encoder:
-        enc = self.spec.router.encoder
-        if enc == BUNDLED_ENCODER:
-            return bundled_encoder()
+        """The router's encoder, shared with memory and knowledge experts; a local model folder
+        runs on ``router.encoder_runtime``."""
+        enc, runtime = self.spec.router.encoder, self.spec.router.encoder_runtime
         if enc.startswith("litellm:"):
             return LiteLLMEncoder(enc.removeprefix("litellm:"))
-        return SentenceEncoder(_relative(enc, self.base))
+        try:
+            path = enc if enc == BUNDLED_ENCODER else _relative(enc, self.base)
+            return local_encoder(path, runtime=runtime)
+        except ConfigError as exc:
+            raise self.error(exc.message, ("router", "encoder_runtime")) from None
 
     def backend(self, raw: Mapping[str, Any], loc: Loc) -> Backend:
         kind_name = raw.get("kind")

@@ -15,6 +15,9 @@ from .gates import GateConfig as GateConfig
 from .gates import GatingNetwork as GatingNetwork
 from .gates import fit_gate as fit_gate
 from .gates import load_gate as load_gate
+from .onnx_encoder import OnnxEncoder as OnnxEncoder
+from .onnx_encoder import bundled_onnx_encoder as bundled_onnx_encoder
+from .onnx_encoder import local_encoder as local_encoder
 from .permission import Candidates as Candidates
 from .permission import Preset as Preset
 from .permission import SelectConfig as SelectConfig
@@ -37,6 +40,7 @@ __all__ = [
     "GatingNetwork",
     "KMeansContexts",
     "LiteLLMEncoder",
+    "OnnxEncoder",
     "Preset",
     "Router",
     "RouterConfig",
@@ -46,8 +50,10 @@ __all__ = [
     "TrustStat",
     "TrustStore",
     "bundled_encoder",
+    "bundled_onnx_encoder",
     "fit_gate",
     "load_gate",
+    "local_encoder",
     "permission",
     "read_exemplars_jsonl",
     "select",

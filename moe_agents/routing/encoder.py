@@ -46,15 +46,27 @@ class SentenceEncoder:
         path: a model folder (``pkg:<package>/<subpath>`` for one inside a Python package).
         batch_size: texts per forward pass.
         max_length: tokens per text (longer texts are truncated).
+        threads: torch intra-op threads for this encoder's forwards (``None``: torch's setting,
+            every core). With OpenMP the setting belongs to the thread that encodes (a worker
+            thread, under ``BatchingEncoder``), so 1 keeps a short query's forward on one core
+            without the team of threads that otherwise spins on the other core after every
+            forward, taking it from the event loop; torch also takes the value as the default of
+            threads that start using torch later.
     """
 
     def __init__(
-        self, path: str | Path = BUNDLED_ENCODER, *, batch_size: int = 64, max_length: int = 256
+        self,
+        path: str | Path = BUNDLED_ENCODER,
+        *,
+        batch_size: int = 64,
+        max_length: int = 256,
+        threads: int | None = None,
     ) -> None:
         self.path = str(path)
         self.name = Path(self.path).name if not self.path.startswith("pkg:") else self.path
         self.batch_size = batch_size
         self.max_length = max_length
+        self.threads = threads
         self._lock = threading.Lock()
         self._model: Any = None
         self._tokenizer: Any = None
@@ -77,6 +89,8 @@ class SentenceEncoder:
         import torch
 
         self._ensure_loaded()
+        if self.threads is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)  # this thread's OpenMP team (see ``threads``)
         out: list[np.ndarray] = []
         with torch.inference_mode():
             for i in range(0, len(texts), self.batch_size):

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, get_args
 
 import anyio
 import numpy as np
@@ -31,9 +31,10 @@ from ..logging import get_logger
 from ..resources import cache_folder
 from ..types import ExpertScore, Query, Selection
 from .context import ContextConfig, KMeansContexts, gate_context
-from .encoder import BatchingEncoder, Encoder, bundled_encoder
+from .encoder import BatchingEncoder, Encoder
 from .gates import FitReport, Gate, GateConfig, fit_gate, gate_fingerprint, load_gate
 from .momentum import Momentum, MomentumConfig
+from .onnx_encoder import EncoderRuntime, local_encoder
 from .permission import Candidates, Preset, SelectConfig, select
 from .rules import Rule, first_match
 
@@ -74,6 +75,8 @@ class RouterConfig:
         context: how queries are bucketed for trust.
         momentum: within a session, the previous turns' experts keep a bounded, fading bonus.
         seed: seeds exploration (``None``: fresh randomness).
+        encoder_runtime: how the local encoder runs when none is given: ``onnx`` (int8 ONNX
+            Runtime, exported once and cached; see ``OnnxEncoder``) or ``torch`` (transformers).
     """
 
     top_k: Annotated[int, Ge(1)] = 1
@@ -91,9 +94,17 @@ class RouterConfig:
     context: ContextConfig = field(default_factory=ContextConfig)
     momentum: MomentumConfig = field(default_factory=MomentumConfig)
     seed: int | None = None
+    encoder_runtime: EncoderRuntime = "torch"
 
     def __post_init__(self) -> None:
-        check_bounds("router", self, {"assess_top": self.assess_top >= self.top_k})
+        check_bounds(
+            "router",
+            self,
+            {
+                "assess_top": self.assess_top >= self.top_k,
+                "encoder_runtime": self.encoder_runtime in get_args(EncoderRuntime),
+            },
+        )
 
 
 def gate_cache_dir(config: RouterConfig | None = None) -> Path | None:
@@ -111,7 +122,8 @@ class Router:
 
     Args:
         config: top-k, thresholds, mixing weights and gate settings.
-        encoder: embeds queries and exemplars (default: the bundled all-MiniLM-L6-v2).
+        encoder: embeds queries and exemplars (default: the bundled all-MiniLM-L6-v2 on
+            ``config.encoder_runtime``).
         rules: hybrid rules checked before the gate.
         gate: a gate fitted beforehand (e.g. ``load_gate(path)``); by default one is fitted from
             the experts' exemplars on first use.
@@ -142,7 +154,7 @@ class Router:
         self._rng = np.random.default_rng(self.config.seed)
         self.momentum = Momentum(self.config.momentum)
         """Per-session routing momentum (``router.momentum``)."""
-        self.encoder = encoder if encoder is not None else bundled_encoder()
+        self.encoder = encoder if encoder is not None else local_encoder(runtime=self.config.encoder_runtime)
         self.embedder = BatchingEncoder(
             self.encoder,
             max_batch=self.config.max_batch,
