@@ -11,7 +11,9 @@ pipeline does):
 4. ``mlp`` — the gating network alone;
 5. ``router`` — the full pipeline router (MLP gate × self-assessment × load), top-1;
 6. ``semantic-router`` — the peer: semantic-router's default ``IndexedRouter`` with the same encoder
-   and the same exemplars (``moe_agents.evaluation.peer``); it reads the text only.
+   and the same exemplars (``moe_agents.evaluation.peer``). It reads the text only, so it gets a
+   route for every expert that takes text-only queries and none for media-only experts (``omni``):
+   their queries are misses for it, and no text query is lost to them.
 
 Gates 2–4 and the router's gate are fitted on the experts' exemplars only (variant
 ``exemplars``) and, separately, on the exemplars plus the fit splits that
@@ -126,6 +128,7 @@ async def evaluate_routing(
     keyword = await _keyword_predictions(experts, queries, allowed)
 
     fit_items = routing_fit_set(data_dir, per_label=fit_per_label, seed=seed)
+    media_only = {e.name for e in experts if e.media_only}  # the peer gets no route for these
     preds: dict[str, dict[str, list[str | None]]] = {}
     confidences: dict[str, dict[str, np.ndarray]] = {}
     reports: dict[str, dict[str, Any]] = {}
@@ -159,7 +162,8 @@ async def evaluate_routing(
         confidences[variant]["router"] = np.array([confidence(s) for s in selections])
         if peer:
             say(f"[{variant}] semantic-router on {len(queries)} queries")
-            contender = SemanticRouterPeer(memo, exemplars)
+            text_routes = {n: ts for n, ts in exemplars.items() if n not in media_only}
+            contender = SemanticRouterPeer(memo, text_routes)
             routed = await anyio.to_thread.run_sync(contender.route, [q.text for q in queries])
             pred[PEER] = [name for name, _ in routed]
         preds[variant] = pred
