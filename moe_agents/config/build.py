@@ -27,15 +27,17 @@ from ..reliability import BreakerPolicy, GuardedBackend, RetryPolicy
 from ..residency import GB, Residency, ResidencyConfig, ResidentBackend
 from ..resources import BUNDLED_ENCODER
 from ..routing.context import ContextConfig
+from ..routing.crossval import CVConfig
 from ..routing.encoder import Encoder, LiteLLMEncoder
 from ..routing.exemplars import read_exemplars_jsonl
-from ..routing.gates import GateConfig, load_gate
+from ..routing.gates import GateConfig
 from ..routing.momentum import MomentumConfig
 from ..routing.onnx_encoder import local_encoder
 from ..routing.permission import SelectConfig
 from ..routing.router import Router, RouterConfig
 from ..routing.rules import Rule
 from ..routing.trust import TrustStore
+from ..routing.tuning import TuningConfig, find_fitted
 from .derive import build
 from .spec import (
     ExpertSpec,
@@ -49,6 +51,8 @@ from .spec import (
 )
 
 __all__ = ["build_pipeline"]
+
+_SUBSECTIONS = (("momentum", "MomentumConfig"), ("tuning", "TuningConfig"), ("cv", "CVConfig"))
 
 
 def build_pipeline(
@@ -218,10 +222,15 @@ class _Builder:
                 context=context,
                 seed=seed,
                 momentum=MomentumConfig(**r.momentum),
+                tuning=TuningConfig(**r.tuning),
+                cv=CVConfig(**r.cv),
             )
             rules = [Rule(rule.pattern, tuple(rule.experts), rule.name) for rule in r.rules]
         except TypeError as exc:
-            where = "momentum" if "MomentumConfig" in str(exc) else "gate"
+            where = next(
+                (key for key, cls in _SUBSECTIONS if cls in str(exc)),
+                "gate",
+            )
             raise self.error(f"invalid {where} option: {exc}", ("router", where)) from None
         except ConfigError as exc:
             raise self.error(exc.message, ("router",)) from None
@@ -243,7 +252,7 @@ class _Builder:
         gate = None
         if r.gate_path is not None:
             try:
-                gate = load_gate(self.base / r.gate_path, encoder=encoder.name)
+                gate = find_fitted(self.base / r.gate_path, encoder.name)
             except ConfigError as exc:
                 raise self.error(exc.message, ("router", "gate_path")) from None
         return Router(

@@ -74,10 +74,13 @@ class RuleSpec(_Spec):
     name: str | None = None
 
 
-class RouterSpec(section(RouterConfig, exclude=("gate", "selection", "context", "momentum", "seed"))):  # type: ignore[misc]
+class RouterSpec(  # type: ignore[misc]
+    section(RouterConfig, exclude=("gate", "selection", "context", "momentum", "seed", "tuning", "cv"))
+):
     """``router:``: the scalar fields of ``RouterConfig`` (their defaults and bounds), the encoder,
-    the gate (``gate:`` takes ``GateConfig``'s fields, ``momentum:`` ``MomentumConfig``'s), rules and
-    exemplars. Trust-first ranking (``selection``, ``context``, ``seed``) is set under ``trust:``."""
+    the gate (``gate:`` takes ``GateConfig``'s fields, ``momentum:`` ``MomentumConfig``'s,
+    ``tuning:`` ``TuningConfig``'s, ``cv:`` ``CVConfig``'s), rules and exemplars. Trust-first
+    ranking (``selection``, ``context``, ``seed``) is set under ``trust:``."""
 
     encoder: str = BUNDLED_ENCODER
     gate: dict[str, Any] = Field(default_factory=dict)
@@ -85,6 +88,8 @@ class RouterSpec(section(RouterConfig, exclude=("gate", "selection", "context", 
     exemplars_file: str | None = None
     rules: list[RuleSpec] = Field(default_factory=list)
     momentum: dict[str, Any] = Field(default_factory=dict)
+    tuning: dict[str, Any] = Field(default_factory=dict)
+    cv: dict[str, Any] = Field(default_factory=dict)
 
 
 class ContextSpec(section(ContextConfig)):  # type: ignore[misc]

@@ -42,37 +42,44 @@ references.
 
 _EXEMPLARS = (
     "Who was the first emperor of Rome?",
-    "When did the Berlin Wall fall?",
-    "Where is the Great Barrier Reef?",
-    "What causes the seasons on Earth?",
     "Define photosynthesis in simple terms.",
     "Explain what inflation is and why central banks raise interest rates to fight it.",
-    "Which country has the largest population in Africa?",
-    "Who wrote 'One Hundred Years of Solitude'?",
-    "Tell me about the history of the printing press.",
     "What is the difference between a virus and a bacterium?",
-    "Which planet has the most moons?",
-    "Who discovered penicillin and when?",
-    "What language is spoken in Brazil?",
     "How does a vaccine train the immune system?",
-    "What is the boiling point of water at the top of Mount Everest?",
-    "Give me a short summary of the causes of the First World War.",
+    "A tenant sublet her flat without the landlord's consent, which the lease forbids. Can the landlord "
+    "recover the rent from the subtenant?",
+    "A driver ran a red light and struck a cyclist who wore no helmet. Under comparative negligence, how "
+    "are the cyclist's damages reduced?",
+    "A seller offered a used tractor for $9,000 and the buyer replied that he accepts if delivery is "
+    "included. Was a contract formed?",
+    "At trial the prosecutor offers a neighbour's statement to police that the defendant admitted the theft. "
+    "Is it hearsay, and does an exception apply?",
+    "A homeowner rigged a spring gun in an empty cabin and it wounded a burglar. Is the homeowner liable "
+    "for the injury?",
+    "A state law bans all leafleting within 500 feet of the courthouse. Will it survive a First Amendment "
+    "challenge?",
+    "In operant conditioning, reinforcing a response after an unpredictable number of responses is called a",
+    "A child who knows that pouring juice into a taller glass does not change its amount has reached which "
+    "of Piaget's stages?",
+    "Which kind of validity concerns whether a test measures the construct it claims to measure?",
+    "A therapist's duty to warn a third party of a client's threat was established by which case?",
+    "If the central bank lowers the reserve requirement, what happens to the money multiplier?",
+    "When demand for a good is price elastic, a fall in its price will make total revenue",
+    "Under accrual accounting, when is revenue from a one-year service contract paid in advance recognised?",
+    "A patient has fatigue, pale skin and a low mean corpuscular volume. Which deficiency is most likely?",
+    "Which hormone released by the pancreas lowers blood glucose?",
+    "The domestication of plants and animals at the end of the last Ice Age is known as the",
+    "The Monroe Doctrine of 1823 declared that",
+    "In international relations, the security dilemma arises when",
     "According to our employee handbook, how many vacation days do new staff get?",
     "what's the capital city of Canada, and why isn't it Toronto?",
-    "How many teeth does an adult human normally have?",
     "Why was the European Recovery Program launched after 1945, and who paid for it?",
-    "What do the letters in the abbreviation UNESCO stand for?",
     "What were the main causes of the French Revolution?",
-    "Who was the first person to walk on the Moon, and in which year?",
     "What did the Treaty of Versailles require Germany to do?",
-    "Which mountain range is traditionally taken as the border between Europe and Asia?",
-    "What's the longest river in South America?",
     "How many countries sit on the UN Security Council, and which ones have a veto?",
     "What does the Speaker of the House of Representatives actually do?",
     "Which organelle produces most of a cell's ATP?",
     "The enzyme that starts breaking down starch in the mouth is called ____.",
-    "What is the chemical formula of table salt, and what kind of bond holds it together?",
-    "How do comets and asteroids differ in what they are made of?",
     "State Newton's second law of motion and give its SI units.",
     "Which blood type is called the universal donor, and why?",
     "What part of the brain is mainly involved in forming new long-term memories?",
@@ -172,6 +179,14 @@ class KnowledgeExpert(LLMExpert):
         ),
         Signal(
             r"\b(?:wiki(?:pedia)?|encyclop(?:a)?edia|source|sources|cite|reference|documentation)\b", 0.15
+        ),
+        Signal(  # the professions and sciences (law, psychology, economics, medicine, accounting)
+            r"\b(?:plaintiff|defendant|tenant|landlord|lease|contract|negligen\w+|statute|court|sued|lawsuit|"
+            r"jury|hearsay|ordinance|constitution\w*|liab\w+|damages|prosecut\w+|convicted|felony|deed|"
+            r"mortgage|psycholog\w+|therap\w+|disorder|cognitive|reinforce\w+|conditioning|gdp|inflation|"
+            r"monetary|fiscal|elastic\w*|tariff|patient|diagnos\w+|symptoms?|deficiency|syndrome|hormone|"
+            r"enzyme|vitamin|accounting|depreciation|audit\w*)\b",
+            0.25,
         ),
         # questions about the assistant itself are small talk, not facts
         Signal(

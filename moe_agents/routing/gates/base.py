@@ -103,6 +103,8 @@ class FitReport:
         epochs: training epochs run (0 for ``centroid`` and ``knn``).
         temperature: the softmax temperature the gate uses (calibrated for ``mlp``).
         seconds: wall time of the fit.
+        cv: what cross-validation on the exemplars chose and every candidate's score (``CVChoice.to_dict``),
+            plus the encoder it chose; ``None`` when nothing was cross-validated.
     """
 
     counts: Mapping[str, int]
@@ -112,6 +114,7 @@ class FitReport:
     epochs: int
     temperature: float
     seconds: float
+    cv: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready values."""
@@ -164,6 +167,8 @@ class SavedGate:
         self.report = report
         self.encoder: str | None = None
         self.fingerprint: str | None = None
+        self.path: Path | None = None
+        """The file it was loaded from (``None`` for a gate fitted in this process)."""
 
     @property
     def dim(self) -> int:

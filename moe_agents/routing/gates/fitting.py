@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -136,23 +137,33 @@ def load_gate(path: str | Path, *, experts: Sequence[str] | None = None, encoder
         raise ConfigError(f"gate tensors do not match its metadata: {exc}", path=path) from exc
     if gate.dim != dim:
         raise ConfigError(f"gate tensors are {gate.dim}-d, its metadata says {dim}-d", path=path)
-    gate.encoder, gate.fingerprint = saved_encoder, fingerprint
+    gate.encoder, gate.fingerprint, gate.path = saved_encoder, fingerprint, path
     return gate
 
 
-def gate_fingerprint(encoder: str, exemplars: Mapping[str, Sequence[str]], config: GateConfig) -> str:
+def gate_fingerprint(
+    encoder: str,
+    exemplars: Mapping[str, Sequence[str]],
+    config: GateConfig,
+    *,
+    selection: Mapping[str, Any] | None = None,
+) -> str:
     """A sha256 hex digest of everything a fitted gate depends on, for caching fitted gates.
 
     It changes when the encoder, an expert, an exemplar (or their order within an expert), a
-    config field or the gate format changes, and not when the experts are listed in another order.
+    config field, ``selection`` (how the encoder and mixing are chosen: tuning and
+    cross-validation settings) or the gate format changes, and not when the experts are listed in
+    another order.
     """
-    payload = {
+    payload: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
         "encoder": encoder,
         "exemplars": [[name, list(exemplars[name])] for name in sorted(exemplars)],
         "config": asdict(config),
     }
+    if selection is not None:
+        payload["selection"] = dict(selection)
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
