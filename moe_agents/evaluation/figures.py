@@ -126,7 +126,7 @@ def plot_oos_curve(oos: Mapping[str, Any], path: Path) -> Path:
     ax.set_xlabel("in-scope queries lost to the fallback")
     ax.set_ylabel("out-of-scope queries sent to the fallback")
     ax.set_title(f"out-of-scope → fallback ({oos['fallback_expert']}), over min_confidence")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
