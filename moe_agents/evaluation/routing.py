@@ -34,6 +34,7 @@ import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from importlib.metadata import version as _version
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +214,7 @@ async def evaluate_routing(
         "gates": reports,
         "speed": speed,
         "encoder": router.encoder.name,
+        "peer_version": _version("semantic-router") if peer else None,
         "encoded_texts": memo.encoded,
         "scores": stats["scores"],
     }

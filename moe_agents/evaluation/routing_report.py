@@ -21,7 +21,7 @@ CONTENDER_TITLES: Mapping[str, str] = {
     "knn": "k-NN over exemplars",
     "mlp": "MLP gate",
     "router": "full router (MLP gate × self-assessment × load)",
-    "semantic-router": "semantic-router 1.1.1 (peer; text only, same encoder and exemplars)",
+    "semantic-router": "semantic-router (peer: same encoder and exemplars, reads text only)",
 }
 
 
@@ -124,8 +124,13 @@ def routing_markdown(report: Mapping[str, Any], *, command: str | None = None) -
     )
     out.append("| " + " | ".join(header) + " |")
     out.append("|" + "---|" * len(header))
+    titles = dict(CONTENDER_TITLES)
+    if report.get("peer_version"):
+        titles["semantic-router"] = titles["semantic-router"].replace(
+            "semantic-router", f"semantic-router {report['peer_version']}", 1
+        )
     for row in rows:
-        row = [CONTENDER_TITLES.get(row[0], row[0]), f"`{row[1]}`", *row[2:]]
+        row = [titles.get(row[0], row[0]), f"`{row[1]}`", *row[2:]]
         out.append("| " + " | ".join(row) + " |")
     out.append("")
     out.extend(f"- {line}" for line in routing_lines(report))
