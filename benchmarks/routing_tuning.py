@@ -120,6 +120,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 if variant == "exemplars" and name in ("baseline", "auto") and args.latency:
                     row["latency"] = await _latency(router, queries, experts, args.latency)
                 rows[name] = row
+                report["variants"][variant] = rows
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(
+                    json.dumps(report, indent=2)
+                )  # partial results survive an interrupted run
                 print(
                     f"[{variant}] {name}: {row['accuracy']:.3f} (text {row['text_only']:.3f}) "
                     f"fit {wall:.0f} s"

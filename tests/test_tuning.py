@@ -65,7 +65,7 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
-        max_position_embeddings=64,
+        max_position_embeddings=512,
     )
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -361,3 +361,73 @@ def _fields(config: TuningConfig) -> dict[str, object]:
     from dataclasses import asdict
 
     return asdict(config)
+
+
+YAML = """\
+router:
+  top_k: 1
+  encoder: {encoder}
+  gate_cache_dir: {cache}
+  tune: on
+  gate_weight: null
+  gate: {{max_epochs: 20}}
+  tuning: {{epochs: {epochs}, batch_size: 64, lr: 0.001, train_layers: 0, max_length: 16}}
+  cv: {{folds: 2, temperature_scales: [1.0]}}
+  {extra}
+backends:
+  mock: {{kind: litellm, model: openai/gpt-4o-mini, api_key: sk-test, params: {{mock_response: "ok"}}}}
+experts:
+  - {{name: coding, kind: coding, backends: [mock]}}
+  - {{name: reasoning, kind: reasoning, backends: [mock]}}
+  - {{name: epistemic, kind: epistemic, backends: [mock]}}
+"""
+
+
+class TestCli:
+    @pytest.mark.slow  # the five built-in experts' exemplars; routing_tuning.py benchmarks the real fit
+    def test_fit_saves_gate_and_tuned_encoder_that_a_config_loads(
+        self, tiny_bert: Path, tmp_path: Path
+    ) -> None:
+        """`fit --out DIR` (router.tune: on from YAML) prints the CV choice and saves the gate with
+        its tuned encoder; a config with `gate_path: DIR` routes with them."""
+        from typer.testing import CliRunner
+
+        from moe_agents import load_pipeline
+        from moe_agents.cli import app
+
+        config = tmp_path / "fit.yaml"
+        config.write_text(YAML.format(encoder=tiny_bert, cache=tmp_path / "cache", epochs=1, extra=""))
+        out = tmp_path / "fitted"
+        result = CliRunner().invoke(
+            app, ["fit", "-c", str(config), "--out", str(out)], env={"COLUMNS": "200"}
+        )
+        assert result.exit_code == 0, result.output
+        assert "chosen: tuned encoder" in result.stdout and "2-fold cross-validation" in result.stdout
+        tuned = [p for p in out.iterdir() if p.is_dir()]
+        assert (out / "gate.safetensors").exists() and len(tuned) == 1 and "-tuned-" in tuned[0].name
+        shutil.rmtree(tmp_path / "cache")
+        again = tmp_path / "use.yaml"
+        again.write_text(
+            YAML.format(encoder=tiny_bert, cache=tmp_path / "cache", epochs=1, extra=f"gate_path: {out}")
+        )
+        pipeline = load_pipeline(again)
+        selection = await_route(pipeline)
+        assert selection.experts and pipeline.router.active_encoder.name == tuned[0].name
+
+    def test_bad_tuning_option_names_its_section(self, tiny_bert: Path, tmp_path: Path) -> None:
+        """A tuning setting out of range is a config error that names router.tuning."""
+        from moe_agents import load_pipeline
+
+        config = tmp_path / "bad.yaml"
+        config.write_text(YAML.format(encoder=tiny_bert, cache=tmp_path, epochs=0, extra=""))
+        with pytest.raises(ConfigError, match="tuning"):
+            load_pipeline(config)
+
+
+def await_route(pipeline: object) -> object:
+    import anyio
+
+    async def go() -> object:
+        return await pipeline.route("hello, how are you?")  # type: ignore[attr-defined]
+
+    return anyio.run(go)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -12,9 +13,11 @@ from rich.table import Table
 
 from ..errors import MoEError
 from ..pipeline import Pipeline
+from ..routing.encoder import SentenceEncoder
 from ..routing.exemplars import read_exemplars_jsonl
 from ..routing.gates import FitReport
 from ..routing.trust import POOLED
+from ..routing.tuning import save_fitted
 from ..types import Query
 from .common import ConfigOpt, JsonOpt, VerboseOpt, console, err_console, fail, load, run, setup
 from .selection import attachments, scores_table, selection_line
@@ -111,10 +114,17 @@ def fit(
     data: Annotated[
         Path | None, typer.Option("--data", help='Extra exemplars: JSONL of {"text", "expert"}.')
     ] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Also save the gate here (.safetensors).")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Also save the gate here: a folder (gate + tuned encoder) or a .safetensors file.",
+        ),
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Fit the routing gate on the experts' exemplars (and --data) and report how it did."""
+    """Fit the routing gate (and, with `router.tune`, the encoder) on the experts' exemplars (and
+    --data), and report how it did, with the cross-validation that chose the settings."""
     setup(verbose)
     pipeline = load(config)
     router = pipeline.router
@@ -131,7 +141,7 @@ def fit(
 
     async def go() -> FitReport:
         with Progress(
-            TextColumn("fitting the gate"),
+            TextColumn("fitting (tuning, cross-validation, gate)"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -145,7 +155,8 @@ def fit(
             return await router.fit(members, progress=progress)
 
     report = run(go)
-    table = Table("expert", "exemplars", title=f"{router.config.gate.kind} gate on {router.encoder.name}")
+    kind = router.gate.config.kind if router.gate is not None else router.config.gate.kind
+    table = Table("expert", "exemplars", title=f"{kind} gate on {router.active_encoder.name}")
     for name, n in counts.items():
         table.add_row(name, str(n))
     console.print(table)
@@ -155,8 +166,37 @@ def fit(
         f"(trained on {report.train_size}); epochs {report.epochs}; temperature {report.temperature:.3f}; "
         f"{report.seconds:.1f} s"
     )
+    if report.cv is not None:
+        _print_cv(report.cv, router.gate_weight)
     if out is not None:
         gate = router.gate
         assert gate is not None
-        gate.save(out, encoder=router.encoder.name)
-        console.print(f"saved {out} (use it with `router: {{gate_path: {out}}}`)")
+        active = router.active_encoder
+        tuned = (
+            Path(active.path)
+            if active is not router.encoder and isinstance(active, SentenceEncoder)
+            else None
+        )
+        path = save_fitted(gate, out, encoder=active.name, tuned=tuned)
+        console.print(f"saved {path} (use it with `router: {{gate_path: {out}}}`)", soft_wrap=True)
+
+
+def _print_cv(cv: Mapping[str, Any], gate_weight: float) -> None:
+    """The cross-validation's choice, and the best score of each encoder and gate kind."""
+    best: dict[tuple[int, str], float] = {}
+    for key, acc in cv["scores"].items():
+        parts = key.split("/")
+        for i in (0, 1):
+            best[(i, parts[i])] = max(best.get((i, parts[i]), 0.0), acc)
+    table = Table(
+        "candidate", "best CV accuracy", title=f"{cv['folds']}-fold cross-validation on {cv['n']} exemplars"
+    )
+    for (_, name), acc in best.items():
+        table.add_row(name, f"{acc:.3f}")
+    console.print(table)
+    console.print(
+        f"chosen: {cv['encoder']} encoder, {cv['gate']} gate, gate weight {gate_weight:.2f}, "
+        f"temperature ×{cv['temperature_scale']:g} (CV accuracy {cv['accuracy']:.3f})",
+        soft_wrap=True,
+        highlight=False,
+    )

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from ..budget import BudgetConfig
 from ..cluster.settings import RayConfig
@@ -90,6 +90,12 @@ class RouterSpec(  # type: ignore[misc]
     momentum: dict[str, Any] = Field(default_factory=dict)
     tuning: dict[str, Any] = Field(default_factory=dict)
     cv: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("tune", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        """YAML reads a bare ``on``/``off`` as true/false; they mean the modes of the same names."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class ContextSpec(section(ContextConfig)):  # type: ignore[misc]

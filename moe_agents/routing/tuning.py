@@ -212,10 +212,17 @@ def tuned_embeddings(
     idx = np.flatnonzero(train)
     model, tokenizer, _ = _train(base_path, [texts[i] for i in idx], labels[idx], config, progress)
     out: list[np.ndarray] = []
+    longest = min(
+        256, int(getattr(model.config, "max_position_embeddings", 256))
+    )  # SentenceEncoder cuts at 256 too
     with torch.inference_mode():
         for i in range(0, len(texts), 64):
             batch = tokenizer(
-                list(texts[i : i + 64]), padding=True, truncation=True, max_length=256, return_tensors="pt"
+                list(texts[i : i + 64]),
+                padding=True,
+                truncation=True,
+                max_length=longest,
+                return_tensors="pt",
             )
             out.append(_mean_pool(model(**batch).last_hidden_state, batch["attention_mask"]).numpy())
     return np.concatenate(out).astype(np.float32, copy=False)
