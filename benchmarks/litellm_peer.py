@@ -5,8 +5,9 @@ deployments, its default simple-shuffle) and a moe-agents ``Pipeline`` of 4 expe
 ``LiteLLMBackend`` (top-1, ``HashingEncoder`` so that no encoder cost is counted), all answering
 with litellm's ``mock_response``: no network, and every contender pays litellm's own cost once.
 Reported per contender: process CPU per request (until the process is idle again, so the logging
-litellm does in background tasks after each call counts) and latency percentiles; one run, one
-process.
+litellm does in background tasks after each call counts) and latency percentiles, the median of
+``rounds`` interleaved rounds (CPU time on a shared machine drifts by a millisecond or more);
+one process.
 
 Run: ``python benchmarks/overhead.py --mode litellm [--requests 1000]`` (this module is its
 litellm mode); writes ``benchmarks/results/overhead_litellm.json`` and ``overhead_litellm.png``.
@@ -73,7 +74,7 @@ async def _run(n: int, call: Callable[[int], Awaitable[object]]) -> dict[str, fl
     }
 
 
-async def measure(n: int) -> dict[str, Any]:
+async def measure(n: int, rounds: int) -> dict[str, Any]:
     import litellm
 
     from moe_agents import LiteLLMBackend, Pipeline, Router, RouterConfig
@@ -111,23 +112,28 @@ async def measure(n: int) -> dict[str, Any]:
     async def ours(i: int) -> None:
         await pipeline.run(messages(i)[0]["content"])
 
-    results: dict[str, Any] = {}
+    contenders = {"bare litellm.acompletion": bare, "litellm Router": peer, "moe-agents Pipeline": ours}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
     async with pipeline:
-        for name, call in (
-            ("bare litellm.acompletion", bare),
-            ("litellm Router", peer),
-            ("moe-agents Pipeline", ours),
-        ):
+        for call in contenders.values():
             await _run(min(n, 50), call)  # warm-up: imports, caches, the gate
-            results[name] = await _run(n, call)
+        for _ in range(rounds):  # interleaved, so that a noisy minute hits every contender alike
+            for name, call in contenders.items():
+                runs[name].append(await _run(n, call))
+    results: dict[str, Any] = {}
+    for name, rs in runs.items():
+        median = {key: float(np.median([r[key] for r in rs])) for key in rs[0]}
+        results[name] = median | {"cpu_ms_per_request_rounds": [r["cpu_ms_per_request"] for r in rs]}
     return results
 
 
-def main(n: int, out: Path) -> None:
-    results = anyio.run(measure, n)
+def main(n: int, out: Path, rounds: int = 3) -> None:
+    results = anyio.run(measure, n, rounds)
     bare = results["bare litellm.acompletion"]["cpu_ms_per_request"]
     peer = results["litellm Router"]["cpu_ms_per_request"]
-    table = Table(title=f"{n} concurrent chat calls on litellm mock responses (one process)")
+    table = Table(
+        title=f"{n} concurrent chat calls on litellm mock responses (one process; median of {rounds} rounds)"
+    )
     for column in ("path", "CPU ms/request", "added over bare", "p50 ms", "p99 ms"):
         table.add_column(column, justify="right" if column != "path" else "left")
     for name, r in results.items():
@@ -147,7 +153,8 @@ def main(n: int, out: Path) -> None:
         )
     out.mkdir(parents=True, exist_ok=True)
     path = out / "overhead_litellm.json"
-    path.write_text(json.dumps({"requests": n, "results": results, "targets": targets}, indent=2))
+    summary = {"requests": n, "rounds": rounds, "results": results, "targets": targets}
+    path.write_text(json.dumps(summary, indent=2))
     plot(results, n, out / "overhead_litellm.png")
     console.print(f"wrote {path} and {path.with_suffix('.png')}")
 

@@ -160,7 +160,7 @@ def plot(results: dict[str, object], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, mode in zip(axes, ("concurrent", "sequential"), strict=True):
+    for ax, mode in zip(axes[:2], ("concurrent", "sequential"), strict=True):
         r = results[mode]
         assert isinstance(r, dict)
         ax.hist(r["bare_latencies_ms"], bins=50, alpha=0.6, label="bare anyio fan-out")
@@ -187,6 +187,7 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=2)
     parser.add_argument("--encoder", choices=["hashing", "minilm"], default="minilm")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--rounds", type=int, default=3, help="litellm mode: interleaved rounds (median)")
     parser.add_argument(
         "--mode",
         choices=["fanout", "litellm"],
@@ -198,7 +199,7 @@ def main() -> None:
     if args.mode == "litellm":
         from litellm_peer import main as litellm_main
 
-        litellm_main(args.requests, args.out)
+        litellm_main(args.requests, args.out, args.rounds)
         return
 
     results = anyio.run(measure, args)

@@ -81,8 +81,10 @@ def summary(profiler: cProfile.Profile, n: int, top: int) -> str:
         where = func if file == "~" else f"{_short(file)}:{line}({func})"
         rows.append((tottime, cumtime, calls, where))
     total = sum(r[0] for r in rows)
+    ours = sum(r[0] for r in rows if r[3].startswith("moe_agents/"))
     out = io.StringIO()
-    out.write(f"profiled own time, all functions: {total / n * 1e6:.0f} us per request\n\n")
+    out.write(f"profiled own time, all functions: {total / n * 1e6:.0f} us per request\n")
+    out.write(f"profiled own time in moe_agents functions: {ours / n * 1e6:.0f} us per request\n\n")
     for title, key in (("own time", 0), ("cumulative time", 1)):
         out.write(f"top {top} by {title} (us per request; calls per request)\n")
         out.write(f"{'own us':>8} {'cum us':>8} {'calls':>7}  function\n")
