@@ -74,9 +74,10 @@ class RuleSpec(_Spec):
     name: str | None = None
 
 
-class RouterSpec(  # type: ignore[misc]
-    section(RouterConfig, exclude=("gate", "selection", "context", "momentum", "seed", "tuning", "cv"))
-):
+_ROUTER_SUBSECTIONS = ("gate", "selection", "context", "momentum", "seed", "tuning", "cv")
+
+
+class RouterSpec(section(RouterConfig, exclude=_ROUTER_SUBSECTIONS)):  # type: ignore[misc]
     """``router:``: the scalar fields of ``RouterConfig`` (their defaults and bounds), the encoder,
     the gate (``gate:`` takes ``GateConfig``'s fields, ``momentum:`` ``MomentumConfig``'s,
     ``tuning:`` ``TuningConfig``'s, ``cv:`` ``CVConfig``'s), rules and exemplars. Trust-first

@@ -452,11 +452,10 @@ class Router:
         else:
             assert x_base is not None
             x = x_base
-        gate_config = cfg.gate if cv is None else replace(cfg.gate, kind=cv.gate)
+        gate_config = cfg.gate if cv is None else replace(cfg.gate, kind=cv.gate)  # type: ignore[arg-type]
         gate, report = fit_gate(x, labels, names, gate_config, progress=progress)
-        if cv is not None:
-            if isinstance(gate, SavedGate):
-                gate.temperature *= cv.temperature_scale
+        if cv is not None and isinstance(gate, SavedGate):
+            gate.temperature *= cv.temperature_scale
             report = replace(report, temperature=gate.temperature, cv=cv.to_dict())
             gate.report = report
         return gate, report, tuned

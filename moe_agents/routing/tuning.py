@@ -210,7 +210,7 @@ def tuned_embeddings(
     from .encoder import _mean_pool
 
     idx = np.flatnonzero(train)
-    model, tokenizer, _ = _train(base_path, [texts[i] for i in idx], labels[idx], config, progress)
+    model, tokenizer, _ = _train(base_path, [texts[int(i)] for i in idx], labels[idx], config, progress)
     out: list[np.ndarray] = []
     longest = min(
         256, int(getattr(model.config, "max_position_embeddings", 256))
