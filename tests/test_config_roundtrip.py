@@ -13,9 +13,11 @@ from moe_agents.config import RouterSpec
 from moe_agents.residency import GB
 from moe_agents.routing import RouterConfig
 from moe_agents.routing.context import ContextConfig
+from moe_agents.routing.crossval import CVConfig
 from moe_agents.routing.gates import GateConfig
 from moe_agents.routing.momentum import MomentumConfig
 from moe_agents.routing.permission import SelectConfig
+from moe_agents.routing.tuning import TuningConfig
 
 SECTIONS = {"selection": "trust", "context": "trust.context", "seed": "trust.seed"}
 """RouterConfig fields that YAML sets outside ``router:`` (trust-first ranking lives with trust)."""
@@ -32,8 +34,15 @@ CHANGED = {
     "batch_window_s": 0.01,
     "max_batch": 3,
     "gate_cache_dir": "",
+    "tune": "on",
+    "encoder_runtime": "onnx",
 }
-NESTED = {"gate": ("kind", "centroid"), "momentum": ("cap", 0.2)}
+NESTED = {
+    "gate": ("kind", "centroid"),
+    "momentum": ("cap", 0.2),
+    "tuning": ("epochs", 2),
+    "cv": ("folds", 4),
+}
 
 PIPELINE = """\
 router:
@@ -74,9 +83,12 @@ class TestRouterRoundTrip:
         for name, value in CHANGED.items():
             assert getattr(config, name) == value, name
 
-    @pytest.mark.parametrize(("section", "kind"), [("gate", GateConfig), ("momentum", MomentumConfig)])
+    @pytest.mark.parametrize(
+        ("section", "kind"),
+        [("gate", GateConfig), ("momentum", MomentumConfig), ("tuning", TuningConfig), ("cv", CVConfig)],
+    )
     def test_nested_settings_arrive(self, tmp_path: Path, section: str, kind: type) -> None:
-        """router.gate and router.momentum become their frozen configs."""
+        """router.gate, .momentum, .tuning and .cv become their frozen configs."""
         key, value = NESTED[section]
         config = _load(tmp_path, {section: {key: value}})
         assert isinstance(getattr(config, section), kind)

@@ -52,7 +52,7 @@ EncoderRuntime = Literal["onnx", "torch"]
 _FORMAT = 1
 """Bumped when the exported graph or the cached files change meaning."""
 _OPSET = 18
-_QUANTIZATION = {
+_QUANTIZATION: dict[str, Any] = {
     "per_channel": True,
     "weight_type": "QUInt8",
     "op_types": ["MatMul"],
