@@ -120,6 +120,9 @@ class HashingEncoder:
     It shares the ``Encoder`` protocol with the real sentence encoder but knows no semantics.
     """
 
+    blocking = False
+    """Encodes in microseconds, so the router calls it inline rather than in a worker thread."""
+
     def __init__(self, dim: int = 256) -> None:
         self.dim = dim
         self.name = f"hashing-{dim}"

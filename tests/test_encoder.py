@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +16,10 @@ from moe_agents.testing import HashingEncoder
 
 
 class Recording(HashingEncoder):
-    """A HashingEncoder that records the batches it is asked to encode."""
+    """A HashingEncoder that records the batches it is asked to encode (as a blocking encoder, so
+    the batching path is what runs)."""
+
+    blocking = True
 
     def __init__(self) -> None:
         super().__init__(64)
@@ -27,6 +31,8 @@ class Recording(HashingEncoder):
 
 
 class Failing(HashingEncoder):
+    blocking = True
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         raise RuntimeError("encoder broke")
 
@@ -143,3 +149,26 @@ class TestLiteLLMEncoder:
         )
         router = load_pipeline(path).router
         assert isinstance(router.encoder, LiteLLMEncoder)
+
+
+class TestInline:
+    async def test_a_non_blocking_encoder_is_called_inline_and_cached(self) -> None:
+        """An encoder with ``blocking = False`` encodes on the event loop, one text per call, and
+        the LRU cache still answers a repeated text."""
+
+        class Inline(HashingEncoder):
+            def __init__(self) -> None:
+                super().__init__(64)
+                self.threads: list[int] = []
+
+            def encode(self, texts: Sequence[str]) -> np.ndarray:
+                self.threads.append(threading.get_ident())
+                return super().encode(texts)
+
+        enc = Inline()
+        batching = BatchingEncoder(enc)
+        first = await batching.embed("hello world")
+        again = await batching.embed("hello world")
+        assert enc.threads == [threading.get_ident()]  # once, on this (the event loop's) thread
+        np.testing.assert_array_equal(first, again)
+        np.testing.assert_allclose(first, HashingEncoder(64).encode(["hello world"])[0])

@@ -39,6 +39,13 @@ class Encoder(Protocol):
     def encode(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
+def blocks(encoder: Encoder) -> bool:
+    """Whether ``encoder.encode`` takes long enough to need a worker thread: every encoder does
+    unless it sets ``blocking = False`` (one that hashes words in microseconds, for example), in
+    which case callers encode inline on the event loop."""
+    return bool(getattr(encoder, "blocking", True))
+
+
 class SentenceEncoder:
     """A transformers encoder model with mean pooling over tokens.
 
@@ -235,6 +242,10 @@ class BatchingEncoder:
         if hit is not None:
             self._cache.move_to_end(text)
             return hit
+        if not blocks(self.encoder):  # microseconds: a thread hop would cost more than the encode
+            vector = self.encoder.encode([text])[0]
+            self._remember(text, vector)
+            return vector
         slot = _Slot(text)
         self._queue.append(slot)
         try:
