@@ -216,8 +216,9 @@ class TestFit:
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"shared evaluation data not found at {DATA}")
 class TestEvalRouting:
     def test_small_routing_benchmark(self, config: Path, tmp_path: Path) -> None:
-        """`eval routing` scores five routers and semantic-router on a small sample, with intervals,
-        the paired test, calibration and the out-of-scope fallback; writes JSON, Markdown and 3 PNGs."""
+        """`eval routing` scores six routers (one cross-validated) and semantic-router on a small
+        sample, with intervals, the paired test, calibration and the out-of-scope fallback; writes
+        JSON, Markdown and 3 PNGs."""
         report, plot, md = tmp_path / "r.json", tmp_path / "r.png", tmp_path / "r.md"
         result = runner.invoke(
             app,
@@ -249,7 +250,8 @@ class TestEvalRouting:
         data = json.loads(report.read_text())
         assert set(data["variants"]) == {"exemplars", "exemplars+fit"}
         for routers in data["variants"].values():
-            assert set(routers) == {"keyword", "centroid", "knn", "mlp", "router", "semantic-router"}
+            contenders = {"keyword", "centroid", "knn", "mlp", "router", "router-cv", "semantic-router"}
+            assert set(routers) == contenders
             for r in routers.values():
                 low, high = r["ci95"]
                 assert 0.0 <= low <= r["accuracy"] <= high <= 1.0
@@ -263,8 +265,11 @@ class TestEvalRouting:
             peer = data["variants"][variant]["semantic-router"]["text_only"]["accuracy"]
             assert (paired["b_router_only"] - paired["c_peer_only"]) / 32 == pytest.approx(router - peer)
             assert 0.0 < paired["mcnemar_p"] <= 1.0
-            assert set(data["calibration"][variant]) == {"mlp", "router"}
+            assert set(data["calibration"][variant]) == {"mlp", "router", "router-cv"}
             assert sum(data["calibration"][variant]["router"]["count"]) == 40
+            cv = data["gates"][variant]["router-cv"]["cv"]  # chosen on the exemplars, recorded
+            assert cv["gate"] in ("mlp", "knn", "centroid") and 0.0 <= cv["gate_weight"] <= 1.0
+            assert data["paired"][f"{variant}, router-cv"]["router"] == "router-cv"
         oos = data["out_of_scope"]
         assert oos["oos_n"] == 40 and oos["inscope_n"] == 40 and oos["fit"]["oos_n"] == 200
         assert 0.0 <= oos["threshold"] <= 1.0 and oos["fit"]["inscope_lost"] <= 0.03

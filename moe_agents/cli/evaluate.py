@@ -59,9 +59,17 @@ def routing(
     oos_limit: Annotated[
         int | None, typer.Option(min=1, help="Route a sample of this many oos_test queries (quick runs).")
     ] = None,
+    cv: Annotated[
+        bool,
+        typer.Option(
+            "--cv/--no-cv",
+            help="Also run the full router with gate kind, weight and temperature cross-validated on "
+            "the exemplars (router-cv; about a minute of CPU per variant).",
+        ),
+    ] = True,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Route the labelled test-split set with five routers and semantic-router; report accuracy
+    """Route the labelled test-split set with six routers and semantic-router; report accuracy
     with 95 % intervals (overall and text-only), the paired test against the peer, calibration, the
     out-of-scope fallback and speed."""
     from ..evaluation.figures import plot_oos_curve, plot_reliability
@@ -87,6 +95,7 @@ def routing(
                 fallback_expert=fallback_expert,
                 oos_max_lost=oos_max_lost,
                 oos_limit=oos_limit,
+                cross_validated=cv,
                 progress=lambda line: status.update(line),
             )
 

@@ -54,7 +54,7 @@ from .stats import bootstrap_ci, calibration, mcnemar, paired_bootstrap_ci
 
 __all__ = ["CONTENDERS", "ROUTERS", "evaluate_routing"]
 
-ROUTERS = ("keyword", "centroid", "knn", "mlp", "router")
+ROUTERS = ("keyword", "centroid", "knn", "mlp", "router", "router-cv")
 CONTENDERS = (*ROUTERS, PEER)
 """Every router of the report, the peer last."""
 
@@ -79,6 +79,7 @@ async def evaluate_routing(
     oos_max_lost: float = 0.03,
     cv_folds: int = 5,
     oos_limit: int | None = None,
+    cross_validated: bool = True,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Runs the benchmark and returns a JSON-ready report.
@@ -101,6 +102,9 @@ async def evaluate_routing(
         oos_max_lost: most share of in-scope fit queries the threshold may send to the fallback.
         cv_folds: cross-validation folds over the exemplars (in-scope fit confidences).
         oos_limit: route a seeded sample of this many CLINC ``oos_test`` queries; all by default.
+        cross_validated: also run the full router with ``gate_weight: null``, whose gate kind, gate
+            weight and temperature are chosen by cross-validation on the exemplars (contender
+            ``router-cv``; about a minute of CPU per variant).
         progress: receives a short line as each step starts.
 
     Returns:
@@ -161,6 +165,20 @@ async def evaluate_routing(
         selections = await route_all(full, queries, experts)
         pred["router"] = [s.experts[0] for s in selections]
         confidences[variant]["router"] = np.array([confidence(s) for s in selections])
+        if cross_validated:
+            say(f"[{variant}] full router, settings cross-validated on the exemplars")
+            cv = Router(
+                replace(router.config, top_k=1, gate_weight=None),
+                encoder=memo,
+                rules=router.rules,
+                exemplars=extra,
+            )
+            await cv.prepare(experts)
+            assert cv.report is not None
+            reports.setdefault(variant, {})["router-cv"] = cv.report.to_dict()
+            cv_selections = await route_all(cv, queries, experts)
+            pred["router-cv"] = [s.experts[0] for s in cv_selections]
+            confidences[variant]["router-cv"] = np.array([confidence(s) for s in cv_selections])
         if peer:
             say(f"[{variant}] semantic-router on {len(queries)} queries")
             text_routes = {n: ts for n, ts in exemplars.items() if n not in media_only}
@@ -280,13 +298,14 @@ def _statistics(
                     "per_label_accuracy": dict(text_scores.per_label_accuracy),
                 },
             }
-        if PEER in correct:
-            paired[variant] = {
-                "router": "router",
-                "peer": PEER,
-                "overall": _paired(correct["router"], correct[PEER], resamples, seed),
-                "text_only": _paired(correct["router"][text_only], correct[PEER][text_only], resamples, seed),
-            }
+        for mine in ("router", "router-cv"):
+            if PEER in correct and mine in correct:
+                paired[variant if mine == "router" else f"{variant}, {mine}"] = {
+                    "router": mine,
+                    "peer": PEER,
+                    "overall": _paired(correct[mine], correct[PEER], resamples, seed),
+                    "text_only": _paired(correct[mine][text_only], correct[PEER][text_only], resamples, seed),
+                }
         calib[variant] = {
             name: calibration(conf, correct[name], bins=bins).to_dict()
             for name, conf in confidences[variant].items()

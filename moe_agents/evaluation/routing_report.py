@@ -21,6 +21,7 @@ CONTENDER_TITLES: Mapping[str, str] = {
     "knn": "k-NN over exemplars",
     "mlp": "MLP gate",
     "router": "full router (MLP gate × self-assessment × load)",
+    "router-cv": "full router, gate kind/weight/temperature cross-validated on the exemplars",
     "semantic-router": "semantic-router (peer: same encoder and exemplars, reads text only)",
 }
 
@@ -66,7 +67,7 @@ def routing_lines(report: Mapping[str, Any]) -> list[str]:
                 f"peer right & router wrong c={q['c_peer_only']}, exact McNemar p={q['mcnemar_p']:.3g}, "
                 f"difference {q['difference']:+.1%} [{lo:+.1%}, {hi:+.1%}]"
             )
-        lines.append(f"paired, full router vs {p['peer']} ({variant}): " + "; ".join(parts))
+        lines.append(f"paired, {p['router']} vs {p['peer']} ({variant}): " + "; ".join(parts))
     for variant, results in report.get("calibration", {}).items():
         parts = [
             f"{name} ECE {c['ece']:.3f} (mean confidence {c['mean_confidence']:.3f}, accuracy "
