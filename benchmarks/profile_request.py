@@ -23,15 +23,7 @@ from pathlib import Path
 
 import anyio
 import structlog
-
-MODEL = "openai/gpt-4o-mini"
-ANSWER = "An answer of typical length, a few dozen words, the same for every contender. " * 3
-PROMPTS = [
-    "Write a Python function that merges two sorted lists",
-    "If 3 apples cost $1.20, how much do 10 apples cost?",
-    "Who discovered penicillin and when?",
-    "Do you think machines can be conscious?",
-]
+from litellm_peer import ANSWER, MODEL, PROMPTS  # the same calls as the benchmark (this folder)
 
 
 def build(setup: str):  # type: ignore[no-untyped-def]
