@@ -167,7 +167,7 @@ def bundled_onnx_encoder() -> OnnxEncoder:
     return OnnxEncoder(BUNDLED_ENCODER)
 
 
-def local_encoder(path: str | Path = BUNDLED_ENCODER, *, runtime: EncoderRuntime = "onnx") -> Encoder:
+def local_encoder(path: str | Path = BUNDLED_ENCODER, *, runtime: EncoderRuntime = "torch") -> Encoder:
     """The encoder for a local model folder on ``runtime``; the bundled model's encoders are shared.
 
     Raises:
