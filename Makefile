@@ -13,6 +13,8 @@ TORCH  := torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
+# a crash (even one at interpreter exit, after the summary) prints every thread's Python stack
+export PYTHONFAULTHANDLER := 1
 
 .PHONY: setup chat test lint bench lock clean
 

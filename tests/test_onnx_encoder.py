@@ -117,6 +117,18 @@ class TestOnnxEncoder:
         assert int8.model_file.stat().st_mtime_ns == before
         assert [p.name for p in onnx_cache.iterdir()] == [int8.model_file.parent.name]
 
+    def test_open_sessions_are_closed_at_exit_and_reopen_on_use(self, onnx_cache: Path) -> None:
+        """The exit hook releases every open session while the interpreter is whole (left to
+        module teardown, ONNX Runtime can crash the exiting process); a closed encoder reopens."""
+        from moe_agents.routing.onnx_encoder import _OPEN, _close_sessions
+
+        encoder = OnnxEncoder(cache_dir=onnx_cache)
+        before = encoder.encode(["close me"])
+        assert encoder in _OPEN and encoder._session is not None
+        _close_sessions()
+        assert encoder._session is None
+        np.testing.assert_array_equal(encoder.encode(["close me"]), before)
+
     def test_int8_name_has_its_own_gate_cache_key(self, int8: OnnxEncoder) -> None:
         """int8 embeddings differ from torch's, so the name (the gate cache key) differs."""
         assert int8.name == f"{bundled_encoder().name}+onnx-int8"

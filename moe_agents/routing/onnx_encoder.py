@@ -17,6 +17,7 @@ The int8 embeddings are close to the float ones (cosine ≈ 0.99) but not equal,
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import hashlib
@@ -30,6 +31,7 @@ import tempfile
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +62,9 @@ _QUANTIZATION: dict[str, Any] = {
 }
 _VERSIONED = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "tokenizers")
 _OUTPUT = "sentence_embedding"  # "embedding" collides with a name inside the exported BERT graph
+
+_OPEN: weakref.WeakSet[OnnxEncoder] = weakref.WeakSet()
+"""Encoders holding a session, closed at interpreter exit (see ``_close_sessions``)."""
 
 
 class OnnxEncoder:
@@ -133,6 +138,12 @@ class OnnxEncoder:
             self._tokenizer = _tokenizer(cached / "tokenizer.json", meta["pad_id"], self.max_length)
             self._session = _session(self.model_file, self.threads)
             self._dimension = int(meta["dimension"])
+            _OPEN.add(self)
+
+    def close(self) -> None:
+        """Releases the ONNX Runtime session (the next ``encode`` opens it again)."""
+        with self._lock:
+            self._session = None
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised embeddings of ``texts``, ``(n, d)`` float32 (``(0, d)`` for none)."""
@@ -159,6 +170,15 @@ class OnnxEncoder:
     def dimension(self) -> int:
         self.load()
         return self._dimension
+
+
+@atexit.register
+def _close_sessions() -> None:
+    """Sessions still open at exit (the shared bundled encoder, gates' encoders) are released while
+    the interpreter is whole: left to module teardown, ONNX Runtime's sessions can outlive its
+    environment and crash the exiting process (a segmentation fault after a clean run)."""
+    for encoder in list(_OPEN):
+        encoder.close()
 
 
 @functools.cache
