@@ -23,17 +23,13 @@ from typing import Any
 
 import anyio
 import numpy as np
+from prompts import PROMPTS as CHAT_PROMPTS  # this folder
 from rich.console import Console
 from rich.table import Table
 
 MODEL = "openai/gpt-4o-mini"
 ANSWER = "An answer of typical length, a few dozen words, the same for every contender. " * 3
-PROMPTS = [
-    "Write a Python function that merges two sorted lists",
-    "If 3 apples cost $1.20, how much do 10 apples cost?",
-    "Who discovered penicillin and when?",
-    "Do you think machines can be conscious?",
-]
+PROMPTS = CHAT_PROMPTS[:4]  # one per deployment/expert
 
 
 async def settle(window_s: float = 0.05, idle_cpu_s: float = 0.002) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 
 import anyio
 import structlog
+from prompts import PROMPTS  # this folder: the requests every benchmark sends
 from rich.console import Console
 from rich.table import Table
 
@@ -48,14 +49,6 @@ from moe_agents.testing import FunctionBackend, HashingEncoder
 from moe_agents.types import Message, Result
 
 OUT = Path(__file__).parent / "out"
-PROMPTS = [
-    "Write a Python function that merges two sorted lists",
-    "If 3 apples cost $1.20, how much do 10 apples cost?",
-    "Who discovered penicillin and when?",
-    "Do you think machines can be conscious?",
-    "Fix the off-by-one error in my loop",
-    "What is the derivative of x^3 + 2x?",
-]
 TIMEOUT_S = 0.5
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import anyio
 import numpy as np
 import structlog
+from prompts import PROMPTS  # this folder: the requests every benchmark sends
 
 from moe_agents import ExpertPolicy, Pipeline, Router, RouterConfig
 from moe_agents.experts import CodingExpert, EpistemicExpert, KnowledgeExpert, ReasoningExpert
@@ -37,14 +38,6 @@ from moe_agents.testing import FunctionBackend, HashingEncoder
 from moe_agents.types import Message
 
 OUT = Path(__file__).parent / "results"
-PROMPTS = [
-    "Write a Python function that merges two sorted lists",
-    "If 3 apples cost $1.20, how much do 10 apples cost?",
-    "Who discovered penicillin and when?",
-    "Do you think machines can be conscious?",
-    "Fix the off-by-one error in my loop",
-    "What is the derivative of x^3 + 2x?",
-]
 
 
 def reply(messages: Sequence[Message]) -> str:

@@ -67,6 +67,7 @@ import httpx
 import numpy as np
 import psutil
 import structlog
+from prompts import PROMPTS  # this folder: the requests every benchmark sends
 from rich.console import Console
 from rich.table import Table
 
@@ -78,14 +79,6 @@ from moe_agents.testing import FunctionBackend, HashingEncoder
 from moe_agents.types import Message, Query, Result
 
 OUT = Path(__file__).parent / "results"
-PROMPTS = [
-    "Write a Python function that merges two sorted lists",
-    "If 3 apples cost $1.20, how much do 10 apples cost?",
-    "Who discovered penicillin and when?",
-    "Do you think machines can be conscious?",
-    "Fix the off-by-one error in my loop",
-    "What is the derivative of x^3 + 2x?",
-]
 EXPERT_TIMEOUT_S = 5.0
 HANG_S = 60.0
 """A hanging call sleeps this long: far past the expert's timeout, and past the moment the tasks

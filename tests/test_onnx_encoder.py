@@ -157,13 +157,22 @@ class TestFingerprint:
 
 class TestRuntimeChoice:
     @pytest.mark.parametrize(
-        ("runtime", "cls"), [("onnx", OnnxEncoder), ("torch", SentenceEncoder)], ids=["onnx", "torch"]
+        ("runtime", "cls", "quantized"),
+        [("onnx", OnnxEncoder, True), ("onnx-fp32", OnnxEncoder, False), ("torch", SentenceEncoder, None)],
+        ids=["onnx", "onnx-fp32", "torch"],
     )
-    def test_yaml_picks_the_encoder_class(self, tmp_path: Path, runtime: str, cls: type) -> None:
-        """``router.encoder_runtime`` decides how the bundled encoder runs (nothing loads yet)."""
+    def test_yaml_picks_the_encoder_class(
+        self, tmp_path: Path, runtime: str, cls: type, quantized: bool | None
+    ) -> None:
+        """``router.encoder_runtime`` decides how the bundled encoder runs (nothing loads yet); the
+        float export keeps the torch encoder's name, so their fitted gates are shared."""
         pipeline = load_pipeline(yaml(tmp_path, f"encoder_runtime: {runtime}"))
         assert pipeline.router.config.encoder_runtime == runtime
-        assert type(pipeline.router.encoder) is cls
+        enc = pipeline.router.encoder
+        assert type(enc) is cls
+        if quantized is not None:
+            assert isinstance(enc, OnnxEncoder) and enc.quantize is quantized
+            assert (enc.name == bundled_encoder().name) is not quantized
 
     def test_yaml_runtime_applies_to_a_model_folder(self, tmp_path: Path) -> None:
         """A model folder given as ``router.encoder`` runs on the chosen runtime too."""
@@ -189,7 +198,13 @@ class TestRuntimeChoice:
             RouterConfig(encoder_runtime="tensorflow")  # type: ignore[arg-type]
 
     @pytest.mark.parametrize(
-        ("runtime", "shared"), [("onnx", bundled_onnx_encoder), ("torch", bundled_encoder)]
+        ("runtime", "shared"),
+        [
+            ("onnx", bundled_onnx_encoder),
+            ("onnx-fp32", lambda: bundled_onnx_encoder(quantize=False)),
+            ("torch", bundled_encoder),
+        ],
+        ids=["onnx", "onnx-fp32", "torch"],
     )
     def test_router_without_encoder_uses_the_shared_bundled_one(self, runtime: str, shared: object) -> None:
         """A Router given no encoder uses the process-wide bundled encoder of its runtime."""

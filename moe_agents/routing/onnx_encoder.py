@@ -34,7 +34,7 @@ import warnings
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -48,8 +48,10 @@ __all__ = ["EncoderRuntime", "OnnxEncoder", "bundled_onnx_encoder", "local_encod
 
 log = get_logger(__name__)
 
-EncoderRuntime = Literal["onnx", "torch"]
-"""How a local encoder runs: ``onnx`` (int8 ONNX Runtime, exported once) or ``torch`` (transformers)."""
+EncoderRuntime = Literal["onnx", "onnx-fp32", "torch"]
+"""How a local encoder runs: ``onnx`` (int8 ONNX Runtime, exported once), ``onnx-fp32`` (the float
+export: the torch embeddings to 1e-6, so it shares their fitted gates, and one query's embedding
+never depends on the others in its batch) or ``torch`` (transformers)."""
 
 _FORMAT = 1
 """Bumped when the exported graph or the cached files change meaning."""
@@ -181,23 +183,31 @@ def _close_sessions() -> None:
         encoder.close()
 
 
+def bundled_onnx_encoder(*, quantize: bool = True) -> OnnxEncoder:
+    """The shared ONNX all-MiniLM-L6-v2, int8 or float (exported, or read from the cache, on the
+    first ``encode``)."""
+    return _bundled_onnx(quantize)
+
+
 @functools.cache
-def bundled_onnx_encoder() -> OnnxEncoder:
-    """The shared int8 ONNX all-MiniLM-L6-v2 (exported, or read from the cache, on the first ``encode``)."""
-    return OnnxEncoder(BUNDLED_ENCODER)
+def _bundled_onnx(quantize: bool) -> OnnxEncoder:
+    return OnnxEncoder(BUNDLED_ENCODER, quantize=quantize)
 
 
 def local_encoder(path: str | Path = BUNDLED_ENCODER, *, runtime: EncoderRuntime = "torch") -> Encoder:
     """The encoder for a local model folder on ``runtime``; the bundled model's encoders are shared.
 
     Raises:
-        ConfigError: an unknown runtime, or ``onnx`` without onnxruntime installed.
+        ConfigError: an unknown runtime, or an ONNX one without onnxruntime installed.
     """
-    if runtime not in ("onnx", "torch"):
-        raise ConfigError(f"unknown encoder runtime {runtime!r} (known: onnx, torch)")
-    if str(path) == BUNDLED_ENCODER:
-        return bundled_onnx_encoder() if runtime == "onnx" else bundled_encoder()
-    return OnnxEncoder(path) if runtime == "onnx" else SentenceEncoder(path)
+    runtimes = get_args(EncoderRuntime)
+    if runtime not in runtimes:
+        raise ConfigError(f"unknown encoder runtime {runtime!r} (known: {', '.join(runtimes)})")
+    bundled = str(path) == BUNDLED_ENCODER
+    if runtime == "torch":
+        return bundled_encoder() if bundled else SentenceEncoder(path)
+    quantize = runtime == "onnx"
+    return bundled_onnx_encoder(quantize=quantize) if bundled else OnnxEncoder(path, quantize=quantize)
 
 
 def onnx_fingerprint(folder: Path) -> str:
