@@ -15,6 +15,7 @@ import pytest
 from moe_agents.errors import ConfigError
 from moe_agents.routing.gates import (
     CentroidGate,
+    EnsembleGate,
     FitReport,
     Gate,
     GateConfig,
@@ -27,7 +28,7 @@ from moe_agents.routing.gates import (
 )
 
 EXPERTS = ("alpha", "beta", "gamma", "delta", "epsilon")
-KINDS = ["mlp", "centroid", "knn"]
+KINDS = ["mlp", "centroid", "knn", "ensemble"]
 FAST = {"hidden": 32, "max_epochs": 80, "patience": 10}  # a small MLP keeps the tests quick
 
 
@@ -49,7 +50,7 @@ def sample(
 
 
 def config(kind: str, **overrides: Any) -> GateConfig:
-    return GateConfig(**({"kind": kind} | (FAST if kind == "mlp" else {}) | overrides))
+    return GateConfig(**({"kind": kind} | (FAST if kind in ("mlp", "ensemble") else {}) | overrides))
 
 
 def nll(p: np.ndarray, y: np.ndarray) -> float:
@@ -197,6 +198,31 @@ class TestFitGate:
         assert p.argmax() == 0
         assert 0.0 < p[0, 1] < 1e-5
         assert 0.0 < p[0, 2] < 1e-5
+
+    def test_ensemble_is_the_mean_of_its_members(
+        self, fitted: dict[str, Gate], clusters: dict[str, Any]
+    ) -> None:
+        """The ensemble's probabilities are the mean of an MLP, a k-NN and a centroid gate fitted
+        with the same settings on the same exemplars."""
+        gate = fitted["ensemble"]
+        assert isinstance(gate, EnsembleGate)
+        assert [m.kind for m in gate.members] == ["mlp", "knn", "centroid"]
+        members = [fitted[kind].predict_proba(clusters["x_test"]) for kind in ("mlp", "knn", "centroid")]
+        np.testing.assert_allclose(gate.predict_proba(clusters["x_test"]), np.mean(members, axis=0))
+
+    @pytest.mark.parametrize("kind", KINDS, ids=KINDS)
+    def test_scaling_the_temperature_tempers_the_probabilities(
+        self, kind: str, clusters: dict[str, Any]
+    ) -> None:
+        """Multiplying a gate's temperature by s gives ``temper(p, s)`` for every kind: what
+        cross-validation scores is what the router applies."""
+        from moe_agents.routing.crossval import temper
+
+        gate, _ = fit_gate(clusters["x"], clusters["labels"], EXPERTS, config(kind))
+        queries = clusters["x_test"] * 0.5 + clusters["x"][:100] * 0.5  # between clusters: soft rows
+        before = gate.predict_proba(queries)
+        gate.temperature *= 2.0  # type: ignore[attr-defined]
+        np.testing.assert_allclose(gate.predict_proba(queries), temper(before, 2.0), rtol=1e-6, atol=1e-9)
 
     def test_empty_query_batch_gives_empty_rows(self, fitted: dict[str, Gate]) -> None:
         """Zero queries give a (0, E) array for every kind."""
@@ -462,6 +488,12 @@ class TestSaveLoad:
             ("mlp", ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight", "head.bias", "head.weight"]),
             ("centroid", ["centroids"]),
             ("knn", ["exemplars", "labels"]),
+            (
+                "ensemble",
+                ["centroid.centroids", "knn.exemplars", "knn.labels"]
+                + [f"mlp.{n}" for n in ("fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight", "head.bias")]
+                + ["mlp.head.weight", "mlp.temperature"],
+            ),
         ],
         ids=KINDS,
     )
@@ -610,4 +642,4 @@ class TestImport:
 
     def test_gates_are_the_exported_kinds(self) -> None:
         """Each config kind maps to its gate class."""
-        assert {GatingNetwork.kind, CentroidGate.kind, KNNGate.kind} == set(KINDS)
+        assert {GatingNetwork.kind, CentroidGate.kind, KNNGate.kind, EnsembleGate.kind} == set(KINDS)

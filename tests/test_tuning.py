@@ -252,6 +252,32 @@ class TestCrossValidation:
         assert (cv.encoder, cv.gate) == ("base", "mlp")
         assert any(k.startswith("base/ensemble/") for k in cv.scores)
 
+    def test_the_ensemble_wins_only_by_scoring_higher(self) -> None:
+        """Selectable like every kind, the ensemble wins when it routes more exemplars right and
+        loses a tie to the simpler gate listed before it."""
+        y = np.array([0, 1, 0, 1])
+        ok = np.ones((4, 2), bool)
+        most = np.array([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.1, 0.9]])  # 3 of 4
+        kinds = ("mlp", "ensemble")
+        cv = choose(
+            {("base", "mlp"): most, ("base", "ensemble"): np.eye(2)[y]},
+            np.zeros((4, 2)),
+            y,
+            ok,
+            CVConfig(),
+            selectable=kinds,
+        )
+        assert (cv.gate, cv.accuracy) == ("ensemble", 1.0)
+        cv = choose(
+            {("base", "mlp"): most, ("base", "ensemble"): most},
+            np.zeros((4, 2)),
+            y,
+            ok,
+            CVConfig(),
+            selectable=kinds,
+        )
+        assert cv.gate == "mlp"
+
     def test_exemplars_of_media_only_experts_are_not_scored(self) -> None:
         """An exemplar whose expert does not take a text-only query is left out of the accuracy."""
         y = np.array([0, 1])

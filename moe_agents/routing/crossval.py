@@ -1,9 +1,9 @@
 """Choosing the router's settings by stratified k-fold cross-validation on the exemplars alone.
 
 Candidates are encoders (the base one, the one tuned on the exemplars) × gate kinds (the configured
-one first, then the others in ``kinds``; the mean of the MLP, k-NN and centroid gates is scored and
-reported, not chosen) × the gate's share against the experts'
-self-assessment × a factor on the gate's temperature. For each encoder and gate, ``choose`` gets
+one first, then the others in ``kinds``, then with ``ensemble`` the mean of the MLP, k-NN and
+centroid gates, chosen only where it scores higher than all of them) × the gate's share against the
+experts' self-assessment × a factor on the gate's temperature. For each encoder and gate, ``choose`` gets
 out-of-fold probabilities (every exemplar scored by a gate, and where it applies an encoder, that
 never saw it); it scores every combination by the share of held-out exemplars routed to their own
 expert, exactly as the router mixes them (``w × gate + (1 − w) × can_handle``), and picks the best,
@@ -22,6 +22,8 @@ import numpy as np
 from ..bounds import Ge, check_bounds
 from ..errors import ConfigError
 from .gates import GateConfig, fit_gate
+from .gates.base import GATE_KINDS, temper
+from .gates.ensemble import MEMBERS
 
 __all__ = ["CVChoice", "CVConfig", "choose", "out_of_fold", "stratified_folds", "temper"]
 
@@ -36,7 +38,8 @@ class CVConfig:
         temperature_scales: candidate factors on the gate's (calibrated) temperature.
         kinds: gate kinds cross-validation may choose among (the configured ``gate.kind`` is always
             a candidate, and wins ties).
-        ensemble: also score (and report) the mean of the MLP, k-NN and centroid gates.
+        ensemble: also score the ``ensemble`` gate (the mean of the MLP, k-NN and centroid gates),
+            which is chosen where it wins; ties go to the simpler gates.
         seed: seeds the fold assignment.
     """
 
@@ -56,9 +59,10 @@ class CVConfig:
                 f"router.cv.gate_weights must be values in [0, 1], got {list(self.gate_weights)}"
             )
         object.__setattr__(self, "kinds", tuple(self.kinds))
-        unknown = sorted(set(self.kinds) - {"mlp", "knn", "centroid"})
+        unknown = sorted(set(self.kinds) - set(GATE_KINDS))
         if unknown:
-            raise ConfigError(f"router.cv.kinds: unknown gate kinds {unknown} (known: mlp, knn, centroid)")
+            known = ", ".join(GATE_KINDS)
+            raise ConfigError(f"router.cv.kinds: unknown gate kinds {unknown} (known: {known})")
         if not self.temperature_scales or any(not s > 0 for s in self.temperature_scales):
             raise ConfigError(
                 f"router.cv.temperature_scales must be positive numbers, got {list(self.temperature_scales)}"
@@ -71,7 +75,7 @@ class CVChoice:
 
     Attributes:
         encoder: ``"base"`` or ``"tuned"``.
-        gate: the gate kind (``mlp``, ``knn``, ``centroid``; ``ensemble`` is only reported).
+        gate: the gate kind (``mlp``, ``knn``, ``centroid`` or ``ensemble``).
         gate_weight: the gate's share in ``expertise``.
         temperature_scale: the factor applied to the gate's temperature.
         accuracy: the winner's out-of-fold accuracy.
@@ -134,16 +138,6 @@ def stratified_folds(labels: Sequence[int] | np.ndarray, folds: int, seed: int) 
     return out
 
 
-def temper(probs: np.ndarray, scale: float) -> np.ndarray:
-    """``probs`` with their temperature multiplied by ``scale``: ``softmax(log p / scale)``."""
-    if scale == 1.0:
-        return probs
-    z = np.log(np.clip(probs, 1e-12, 1.0)) / scale
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
-
-
 def choose(
     oof: Mapping[tuple[str, str], np.ndarray],
     self_assessment: np.ndarray,
@@ -203,8 +197,8 @@ def out_of_fold(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Out-of-fold gate probabilities ``(N, E)`` per gate kind (the configured one first, then
-    ``kinds``) and, with ``ensemble``, of the mean of the MLP, k-NN and centroid gates
-    (``"ensemble"``). Blocks.
+    ``kinds``, then with ``ensemble`` the ``"ensemble"`` gate: the mean of the fold's MLP, k-NN and
+    centroid probabilities, which is what an ``EnsembleGate`` fitted on that fold predicts). Blocks.
 
     Args:
         embeddings: every exemplar's embedding, or a function of a fold's training mask that
@@ -218,7 +212,9 @@ def out_of_fold(
         progress: called with the fold index after each fold.
     """
     n_folds = int(folds.max()) + 1
-    wanted = list(dict.fromkeys((gate.kind, *kinds, *(("mlp", "knn", "centroid") if ensemble else ()))))
+    requested = list(dict.fromkeys((gate.kind, *kinds, *(("ensemble",) if ensemble else ()))))
+    members = MEMBERS if "ensemble" in requested else ()
+    wanted = [k for k in dict.fromkeys((*requested, *members)) if k != "ensemble"]
     probs = {kind: np.zeros((len(labels), len(experts))) for kind in wanted}
     names = list(experts)
     for f in range(n_folds):
@@ -229,7 +225,7 @@ def out_of_fold(
             probs[kind][test] = g.predict_proba(x[test])
         if progress is not None:
             progress(f)
-    out = {kind: probs[kind] for kind in dict.fromkeys((gate.kind, *kinds))}
-    if ensemble:
-        out["ensemble"] = np.mean([probs[k] for k in ("mlp", "knn", "centroid")], axis=0)
-    return out
+    return {
+        kind: np.mean([probs[k] for k in MEMBERS], axis=0) if kind == "ensemble" else probs[kind]
+        for kind in requested
+    }

@@ -274,7 +274,7 @@ class GateProvision:
                 ).items():
                     oof[("tuned", g)] = p
             weights = None if cfg.gate_weight is None else (cfg.gate_weight,)
-            kinds = (cfg.gate.kind, *cfg.cv.kinds)
+            kinds = (cfg.gate.kind, *cfg.cv.kinds, *(("ensemble",) if cfg.cv.ensemble else ()))
             cv = replace(
                 choose(oof, sa, y, allowed, cfg.cv, gate_weights=weights, selectable=kinds), folds=n_folds
             )

@@ -21,6 +21,7 @@ from ...errors import ConfigError, InvalidInput
 
 __all__ = [
     "FORMAT",
+    "GATE_KINDS",
     "VERSION",
     "FitReport",
     "Gate",
@@ -29,8 +30,10 @@ __all__ = [
     "SavedGate",
     "normalise",
     "softmax",
+    "temper",
 ]
 
+GATE_KINDS = ("mlp", "centroid", "knn", "ensemble")
 FORMAT = "moe-agents-gate"
 VERSION = 1
 
@@ -43,7 +46,8 @@ class GateConfig:
     """How a gate is built and trained (the YAML ``router.gate:`` section).
 
     Attributes:
-        kind: ``mlp`` (a trained network), ``centroid`` or ``knn`` (no training).
+        kind: ``mlp`` (a trained network), ``centroid`` or ``knn`` (no training), or ``ensemble``
+            (the mean of all three).
         hidden: width of the MLP's first layer (the second has ``hidden // 2``).
         dropout: dropout after each hidden layer, while training.
         lr: AdamW learning rate.
@@ -57,7 +61,7 @@ class GateConfig:
         k: neighbours that vote (``knn``).
     """
 
-    kind: Literal["mlp", "centroid", "knn"] = "mlp"
+    kind: Literal["mlp", "centroid", "knn", "ensemble"] = "mlp"
     hidden: int = 256
     dropout: float = 0.1
     lr: float = 3e-3
@@ -71,8 +75,8 @@ class GateConfig:
     k: int = 5
 
     def __post_init__(self) -> None:
-        if self.kind not in ("mlp", "centroid", "knn"):
-            raise ConfigError(f"gate.kind must be one of mlp, centroid, knn; got {self.kind!r}")
+        if self.kind not in GATE_KINDS:
+            raise ConfigError(f"gate.kind must be one of {', '.join(GATE_KINDS)}; got {self.kind!r}")
         for name, least in (("hidden", 2), ("max_epochs", 1), ("patience", 1), ("batch_size", 1), ("k", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -154,7 +158,7 @@ class Gate(Protocol):
 
 
 class SavedGate:
-    """What the three gates share: identity, metadata and the on-disk format."""
+    """What every gate kind shares: identity, metadata and the on-disk format."""
 
     kind: ClassVar[str]
 
@@ -237,6 +241,16 @@ def normalise(x: np.ndarray) -> np.ndarray:
 def softmax(z: np.ndarray) -> np.ndarray:
     e = np.exp(z - z.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
+
+
+def temper(probs: np.ndarray, scale: float) -> np.ndarray:
+    """``probs`` with their temperature multiplied by ``scale``: ``softmax(log p / scale)``."""
+    if scale == 1.0:
+        return probs
+    z = np.log(np.clip(probs, 1e-12, 1.0)) / scale
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -1,12 +1,13 @@
 """Fitting, saving and loading gates of every kind.
 
-Three kinds, fitted by ``fit_gate`` on L2-normalised float32 embeddings ``(N, D)``:
+Four kinds, fitted by ``fit_gate`` on L2-normalised float32 embeddings ``(N, D)``:
 
 - ``mlp`` (``GatingNetwork``, in ``gates.mlp``): a small MLP trained with class balancing and early
   stopping on a stratified validation split, then temperature-calibrated on that split (torch is
   imported on first fit or load only);
 - ``centroid`` (``CentroidGate``): softmax over cosine similarities to each expert's exemplar centroid;
-- ``knn`` (``KNNGate``): the k most similar exemplars vote ``exp(similarity / temperature)``.
+- ``knn`` (``KNNGate``): the k most similar exemplars vote ``exp(similarity / temperature)``;
+- ``ensemble`` (``EnsembleGate``): the mean of the three above.
 
 A fitted gate comes back from its files with ``load_gate``; ``gate_fingerprint`` keys caches of
 fitted gates.
@@ -19,7 +20,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from ...errors import ConfigError
 from .base import FORMAT, VERSION, FitReport, Gate, GateConfig, Progress, SavedGate, normalise
+from .ensemble import MEMBERS, EnsembleGate, load_ensemble
 from .mlp import fit_mlp, load_mlp
 from .similarity import CentroidGate, KNNGate, load_centroid, load_knn
 
@@ -62,7 +64,12 @@ def fit_gate(
     names = tuple(experts)
     counts = np.bincount(y, minlength=len(names))
     gate: SavedGate
-    if config.kind == "mlp":
+    if config.kind == "ensemble":
+        members = [fit_gate(x, labels, names, replace(config, kind=k), progress=progress)[0] for k in MEMBERS]
+        gate = EnsembleGate([m for m in members if isinstance(m, SavedGate)], config=config)
+        mlp = members[0].report  # the trained member: its split and epochs
+        stats = {k: getattr(mlp, k) for k in ("train_size", "val_size", "val_accuracy", "epochs")}
+    elif config.kind == "mlp":
         gate, stats = fit_mlp(x, y, names, config, progress)
     else:
         x = normalise(x)
@@ -172,7 +179,12 @@ def gate_fingerprint(
 
 
 _Loader = Callable[[dict[str, np.ndarray], list[str], GateConfig, float, "FitReport | None"], SavedGate]
-_LOADERS: dict[str, _Loader] = {"centroid": load_centroid, "knn": load_knn, "mlp": load_mlp}
+_LOADERS: dict[str, _Loader] = {
+    "centroid": load_centroid,
+    "knn": load_knn,
+    "mlp": load_mlp,
+    "ensemble": load_ensemble,
+}
 
 
 def _loader(kind: str) -> _Loader:

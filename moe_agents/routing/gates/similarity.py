@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ...errors import ConfigError
-from .base import FitReport, GateConfig, SavedGate, normalise, softmax
+from .base import FitReport, GateConfig, SavedGate, normalise, softmax, temper
 
 __all__ = ["CentroidGate", "KNNGate", "load_centroid", "load_knn"]
 
@@ -54,9 +54,13 @@ class CentroidGate(SavedGate):
 
 
 class KNNGate(SavedGate):
-    """Cosine k-nearest exemplars: each of the ``k`` nearest adds ``exp(sim / temperature)`` to its expert.
+    """Cosine k-nearest exemplars: each of the ``k`` nearest adds ``exp(sim / config.temperature)`` to
+    its expert.
 
-    A small floor keeps every expert's probability above 0.
+    A small floor keeps every expert's probability above 0. A ``temperature`` other than
+    ``config.temperature`` (cross-validation scales it) tempers the normalised votes by their ratio
+    (``temper``), as it does the MLP's and centroid's softmax, so the gate applies exactly what
+    cross-validation scored.
 
     Args:
         exemplars: unit vectors ``(M, D)``.
@@ -96,10 +100,10 @@ class KNNGate(SavedGate):
         sims = (q @ self.exemplars.T).astype(np.float64)  # (N, M)
         nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # (N, k)
         top = np.take_along_axis(sims, nearest, axis=1)  # (N, k)
-        weight = np.exp((top - top.max(axis=1, keepdims=True)) / self.temperature)  # (N, k), nearest = 1
+        weight = np.exp((top - top.max(axis=1, keepdims=True)) / self.config.temperature)  # (N, k), max 1
         votes = np.full((n, len(self.experts)), KNN_FLOOR)  # (N, E)
         np.add.at(votes, (np.arange(n)[:, None], self.labels[nearest]), weight)
-        return votes / votes.sum(axis=1, keepdims=True)
+        return temper(votes / votes.sum(axis=1, keepdims=True), self.temperature / self.config.temperature)
 
     def _tensors(self) -> dict[str, np.ndarray]:
         return {"exemplars": self.exemplars, "labels": self.labels}
