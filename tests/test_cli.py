@@ -268,7 +268,7 @@ class TestEvalRouting:
             assert set(data["calibration"][variant]) == {"mlp", "router", "router-cv"}
             assert sum(data["calibration"][variant]["router"]["count"]) == 40
             cv = data["gates"][variant]["router-cv"]["cv"]  # chosen on the exemplars, recorded
-            assert cv["gate"] in ("mlp", "knn", "centroid") and 0.0 <= cv["gate_weight"] <= 1.0
+            assert cv["gate"] in ("mlp", "knn", "centroid", "ensemble") and 0.0 <= cv["gate_weight"] <= 1.0
             assert data["paired"][f"{variant}, router-cv"]["router"] == "router-cv"
         oos = data["out_of_scope"]
         assert oos["oos_n"] == 40 and oos["inscope_n"] == 40 and oos["fit"]["oos_n"] == 200

@@ -75,13 +75,8 @@ def plot_reliability(calibration: Mapping[str, Mapping[str, Mapping[str, Any]]],
                 xs, ys, marker="o", markersize=3, linewidth=1.2, label=f"{variant}: ECE {r['ece']:.3f}"
             )
             ax.scatter(xs, ys, s=[8 + 400 * n / total for n in ns], color=line.get_color(), alpha=0.35)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("top-1 confidence (bin mean)")
-        ax.set_ylabel("accuracy in bin")
-        ax.set_title(f"{name}: reliability ({len(next(iter(calibration.values()))[name]['count'])} bins)")
-        ax.legend(loc="upper left", fontsize=8)
-        ax.grid(alpha=0.3)
+        bins = len(next(iter(calibration.values()))[name]["count"])
+        _unit_axes(ax, "top-1 confidence (bin mean)", "accuracy in bin", f"{name}: reliability ({bins} bins)")
     return _save(fig, path)
 
 
@@ -121,14 +116,25 @@ def plot_oos_curve(oos: Mapping[str, Any], path: Path) -> Path:
     ax.axvline(0.03, color="grey", linestyle=":", linewidth=1)
     ax.axhline(0.70, color="grey", linestyle=":", linewidth=1, label="targets: ≤ 3 % lost, ≥ 70 % caught")
     ax.set_xscale("symlog", linthresh=0.01)
+    _unit_axes(
+        ax,
+        "in-scope queries lost to the fallback",
+        "out-of-scope queries sent to the fallback",
+        f"out-of-scope → fallback ({oos['fallback_expert']}), over min_confidence",
+        top=1.02,
+    )
+    return _save(fig, path)
+
+
+def _unit_axes(ax: Any, xlabel: str, ylabel: str, title: str, *, top: float = 1.0) -> None:
+    """Both axes from 0 to 1 (``top`` for y), labels, title, the legend top left and a light grid."""
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("in-scope queries lost to the fallback")
-    ax.set_ylabel("out-of-scope queries sent to the fallback")
-    ax.set_title(f"out-of-scope → fallback ({oos['fallback_expert']}), over min_confidence")
+    ax.set_ylim(0, top)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
 
 
 def _save(fig: Figure, path: Path) -> Path:

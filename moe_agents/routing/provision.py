@@ -244,7 +244,9 @@ class GateProvision:
         cfg, base = self.config, self.encoder
         names = list(exemplars)
         y = np.array([names.index(label) for label in labels])
-        tunable = isinstance(base, SentenceEncoder | OnnxEncoder)  # a local HF folder to start from
+        # a local HF folder to start from
+        source = base.path if isinstance(base, SentenceEncoder | OnnxEncoder) else None
+        tunable = source is not None
         if cfg.tune == "on" and not tunable:
             raise ConfigError(f"router.tune: on needs a transformers encoder folder, not {base.name!r}")
         try_tuned = tunable and cfg.tune != "off"
@@ -264,10 +266,10 @@ class GateProvision:
                 ).items():
                     oof[("base", g)] = p
             if try_tuned:
-                assert isinstance(base, SentenceEncoder | OnnxEncoder)
+                assert source is not None
 
                 def fold_embeddings(train: np.ndarray) -> np.ndarray:
-                    return tuned_embeddings(base.path, texts, y, train, cfg.tuning, progress=progress)
+                    return tuned_embeddings(source, texts, y, train, cfg.tuning, progress=progress)
 
                 for g, p in out_of_fold(
                     fold_embeddings, y, names, cfg.gate, folds, kinds=cfg.cv.kinds, ensemble=cfg.cv.ensemble
@@ -281,9 +283,9 @@ class GateProvision:
             use_tuned = cv.encoder == "tuned"
         tuned: Encoder | None = None
         if use_tuned:
-            assert isinstance(base, SentenceEncoder | OnnxEncoder)
+            assert source is not None
             folder = tuned_encoder_folder(
-                base.path,
+                source,
                 base.name,
                 exemplars,
                 cfg.tuning,
