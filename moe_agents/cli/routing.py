@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ..errors import MoEError
 from ..pipeline import Pipeline
+from ..routing.crossval import CVChoice
 from ..routing.encoder import SentenceEncoder
 from ..routing.exemplars import read_exemplars_jsonl
 from ..routing.gates import FitReport
@@ -183,16 +184,13 @@ def fit(
 
 def _print_cv(cv: Mapping[str, Any], gate_weight: float) -> None:
     """The cross-validation's choice, and the best score of each encoder and gate kind."""
-    best: dict[tuple[int, str], float] = {}
-    for key, acc in cv["scores"].items():
-        parts = key.split("/")
-        for i in (0, 1):
-            best[(i, parts[i])] = max(best.get((i, parts[i]), 0.0), acc)
+    choice = CVChoice(**cv)
     table = Table(
         "candidate", "best CV accuracy", title=f"{cv['folds']}-fold cross-validation on {cv['n']} exemplars"
     )
-    for (_, name), acc in best.items():
-        table.add_row(name, f"{acc:.3f}")
+    for part in (0, 1):  # encoders, then gate kinds
+        for name, acc in choice.best_per(part).items():
+            table.add_row(name, f"{acc:.3f}")
     console.print(table)
     console.print(
         f"chosen: {cv['encoder']} encoder, {cv['gate']} gate, gate weight {gate_weight:.2f}, "

@@ -80,17 +80,8 @@ class SentenceEncoder:
 
     def _ensure_loaded(self) -> None:
         with self._lock:
-            if self._model is not None:
-                return
-            AutoModel, AutoTokenizer = transformers_names("AutoModel", "AutoTokenizer")
-
-            folder = resolve_path(self.path)
-            try:
-                with LOAD_LOCK, quiet_loading():
-                    self._tokenizer = AutoTokenizer.from_pretrained(folder)
-                    self._model = AutoModel.from_pretrained(folder).eval()
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"cannot load encoder from {folder}: {exc}") from exc
+            if self._model is None:
+                self._model, self._tokenizer = load_transformers_encoder(self.path)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         import torch
@@ -98,21 +89,9 @@ class SentenceEncoder:
         self._ensure_loaded()
         if self.threads is not None and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)  # this thread's OpenMP team (see ``threads``)
-        out: list[np.ndarray] = []
-        with torch.inference_mode():
-            for i in range(0, len(texts), self.batch_size):
-                batch = self._tokenizer(
-                    list(texts[i : i + self.batch_size]),
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                )
-                hidden = self._model(**batch).last_hidden_state  # (B, T, D)
-                out.append(_mean_pool(hidden, batch["attention_mask"]).numpy())
-        if not out:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        return np.concatenate(out).astype(np.float32, copy=False)
+        return mean_pooled(
+            self._model, self._tokenizer, texts, batch_size=self.batch_size, max_length=self.max_length
+        )
 
     @property
     def dimension(self) -> int:
@@ -176,6 +155,48 @@ class LiteLLMEncoder:
         vectors = np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.where(norms == 0, 1.0, norms)
+
+
+def load_transformers_encoder(path: str | Path, **model_kwargs: Any) -> tuple[Any, Any]:
+    """The model (in eval mode) and tokenizer of a transformers encoder folder (``pkg:`` paths
+    resolved); ``model_kwargs`` go to ``AutoModel.from_pretrained``.
+
+    Raises:
+        ConfigError: the folder cannot be loaded.
+    """
+    AutoModel, AutoTokenizer = transformers_names("AutoModel", "AutoTokenizer")
+    folder = resolve_path(path)
+    try:
+        with LOAD_LOCK, quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = AutoModel.from_pretrained(folder, **model_kwargs).eval()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load encoder from {folder}: {exc}") from exc
+    return model, tokenizer
+
+
+def mean_pooled(
+    model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int, max_length: int
+) -> np.ndarray:
+    """L2-normalised mean-pooled embeddings ``(n, d)`` float32 of ``texts`` from a transformers
+    encoder, ``batch_size`` texts per forward, each truncated to ``max_length`` tokens."""
+    import torch
+
+    out: list[np.ndarray] = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            batch = tokenizer(
+                list(texts[i : i + batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
+            hidden = model(**batch).last_hidden_state  # (B, T, D)
+            out.append(_mean_pool(hidden, batch["attention_mask"]).numpy())
+    if not out:
+        return np.zeros((0, int(model.config.hidden_size)), dtype=np.float32)
+    return np.concatenate(out).astype(np.float32, copy=False)
 
 
 def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

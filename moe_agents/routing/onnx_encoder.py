@@ -39,10 +39,10 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from ..errors import ConfigError
-from ..lazy import LOAD_LOCK, LOCAL_HINT, quiet_loading, transformers_names
+from ..lazy import LOCAL_HINT
 from ..logging import get_logger
 from ..resources import BUNDLED_ENCODER, cache_folder, resolve_path
-from .encoder import Encoder, SentenceEncoder, bundled_encoder
+from .encoder import Encoder, SentenceEncoder, bundled_encoder, load_transformers_encoder
 
 __all__ = ["EncoderRuntime", "OnnxEncoder", "bundled_onnx_encoder", "local_encoder", "onnx_fingerprint"]
 
@@ -274,13 +274,7 @@ def _export(folder: Path, out: Path) -> dict[str, Any]:
     tokenizer transformers builds for it; returns the facts encoding needs."""
     import torch
 
-    AutoModel, AutoTokenizer = transformers_names("AutoModel", "AutoTokenizer")
-    try:
-        with LOAD_LOCK, quiet_loading():
-            tokenizer = AutoTokenizer.from_pretrained(folder)
-            model = AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load encoder from {folder}: {exc}") from exc
+    model, tokenizer = load_transformers_encoder(folder, attn_implementation="eager")
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise ConfigError(f"{folder}: the onnx encoder runtime needs a fast tokenizer (tokenizer.json)")

@@ -90,7 +90,11 @@ class GateProvision:
         if tuned is self._tuned:
             return
         self._tuned = tuned
-        self.embedder = BatchingEncoder(
+        self.embedder = self._new_embedder()
+
+    def _new_embedder(self) -> BatchingEncoder:
+        """The micro-batching, caching embedder over ``active_encoder``."""
+        return BatchingEncoder(
             self.active_encoder,
             max_batch=self.config.max_batch,
             window_s=self.config.batch_window_s,

@@ -31,7 +31,7 @@ from ..errors import BackendUnavailable, NoCapableExpert
 from ..logging import get_logger
 from ..types import ExpertScore, Query, Selection
 from .context import KMeansContexts, gate_context
-from .encoder import BatchingEncoder, Encoder
+from .encoder import Encoder
 from .gates import FitReport, Gate
 from .momentum import Momentum
 from .onnx_encoder import local_encoder
@@ -88,12 +88,7 @@ class Router(GateProvision):
         self.momentum = Momentum(self.config.momentum)
         """Per-session routing momentum (``router.momentum``)."""
         self.encoder = encoder if encoder is not None else local_encoder(runtime=self.config.encoder_runtime)
-        self.embedder = BatchingEncoder(
-            self.encoder,
-            max_batch=self.config.max_batch,
-            window_s=self.config.batch_window_s,
-            cache_size=self.config.cache_size,
-        )
+        self.embedder = self._new_embedder()
         self.rules = tuple(rules)
         self.extra_exemplars = {k: tuple(v) for k, v in (exemplars or {}).items()}
         self._fixed = gate is not None

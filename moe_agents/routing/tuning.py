@@ -30,9 +30,7 @@ import numpy as np
 
 from ..bounds import Ge, Gt, check_bounds
 from ..errors import ConfigError
-from ..lazy import LOAD_LOCK, quiet_loading, transformers_names
 from ..logging import get_logger
-from ..resources import resolve_path
 from .gates import Gate, load_gate
 
 __all__ = [
@@ -205,27 +203,12 @@ def tuned_embeddings(
 ) -> np.ndarray:
     """Tunes a copy of the base encoder on ``texts[train]`` (in memory) and returns the embeddings
     of every text ``(N, D)``, for cross-validation: held-out texts were never trained on. Blocks."""
-    import torch
-
-    from .encoder import _mean_pool
+    from .encoder import mean_pooled
 
     idx = np.flatnonzero(train)
     model, tokenizer, _ = _train(base_path, [texts[int(i)] for i in idx], labels[idx], config, progress)
-    out: list[np.ndarray] = []
-    longest = min(
-        256, int(getattr(model.config, "max_position_embeddings", 256))
-    )  # SentenceEncoder cuts at 256 too
-    with torch.inference_mode():
-        for i in range(0, len(texts), 64):
-            batch = tokenizer(
-                list(texts[i : i + 64]),
-                padding=True,
-                truncation=True,
-                max_length=longest,
-                return_tensors="pt",
-            )
-            out.append(_mean_pool(model(**batch).last_hidden_state, batch["attention_mask"]).numpy())
-    return np.concatenate(out).astype(np.float32, copy=False)
+    longest = min(256, int(getattr(model.config, "max_position_embeddings", 256)))  # as SentenceEncoder
+    return mean_pooled(model, tokenizer, texts, batch_size=64, max_length=longest)
 
 
 def _train(
@@ -238,12 +221,12 @@ def _train(
     """Loads the base encoder and trains it with ``supcon_loss``; returns it in eval mode."""
     import torch
 
-    from .encoder import _mean_pool
+    from .encoder import _mean_pool, load_transformers_encoder
 
     if len({int(i) for i in labels}) < 2:
         raise ConfigError("encoder tuning needs exemplars of at least two experts")
     start = time.perf_counter()
-    model, tokenizer = _load(base_path)
+    model, tokenizer = load_transformers_encoder(base_path)
     _freeze_below(model, config.train_layers)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -340,18 +323,6 @@ def _layers(model: Any) -> Any:
         if obj is not None:
             return obj
     return None
-
-
-def _load(base_path: str | Path) -> tuple[Any, Any]:
-    AutoModel, AutoTokenizer = transformers_names("AutoModel", "AutoTokenizer")
-    folder = resolve_path(str(base_path))
-    try:
-        with LOAD_LOCK, quiet_loading():
-            tokenizer = AutoTokenizer.from_pretrained(folder)
-            model = AutoModel.from_pretrained(folder)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load the encoder to tune from {folder}: {exc}") from exc
-    return model, tokenizer
 
 
 def save_fitted(gate: Gate, out: str | Path, *, encoder: str, tuned: Path | None) -> Path:
