@@ -197,7 +197,7 @@ class GateProvision:
             except ConfigError as exc:
                 log.warning("gate.cache_unusable", path=str(path), error=str(exc))
             else:
-                log.info("gate.loaded", path=str(path), kind=cfg.gate.kind, encoder=gate.encoder)
+                log.info("gate.loaded", path=str(path), kind=gate.config.kind, encoder=gate.encoder)
                 self._use_encoder(tuned)
                 self.report = gate.report
                 return gate
@@ -213,7 +213,7 @@ class GateProvision:
         self.report = report
         log.info(
             "gate.fitted",
-            kind=cfg.gate.kind,
+            kind=gate.config.kind,  # cross-validation may have chosen another than configured
             experts=list(exemplars),
             exemplars=len(texts),
             val_accuracy=report.val_accuracy,
