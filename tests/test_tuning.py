@@ -411,18 +411,20 @@ experts:
 
 class TestCli:
     @pytest.mark.slow  # the five built-in experts' exemplars; routing_tuning.py benchmarks the real fit
+    @pytest.mark.parametrize("runtime", ["torch", "onnx-fp32"])
     def test_fit_saves_gate_and_tuned_encoder_that_a_config_loads(
-        self, tiny_bert: Path, tmp_path: Path
+        self, tiny_bert: Path, tmp_path: Path, runtime: str
     ) -> None:
         """`fit --out DIR` (router.tune: on from YAML) prints the CV choice and saves the gate with
-        its tuned encoder; a config with `gate_path: DIR` routes with them."""
+        its tuned encoder, whichever runtime runs it; a config with `gate_path: DIR` routes with them."""
         from typer.testing import CliRunner
 
         from moe_agents import load_pipeline
         from moe_agents.cli import app
 
         config = tmp_path / "fit.yaml"
-        config.write_text(YAML.format(encoder=tiny_bert, cache=tmp_path / "cache", epochs=1, extra=""))
+        run_on = f"encoder_runtime: {runtime}"
+        config.write_text(YAML.format(encoder=tiny_bert, cache=tmp_path / "cache", epochs=1, extra=run_on))
         out = tmp_path / "fitted"
         result = CliRunner().invoke(
             app, ["fit", "-c", str(config), "--out", str(out)], env={"COLUMNS": "200"}
@@ -434,7 +436,9 @@ class TestCli:
         shutil.rmtree(tmp_path / "cache")
         again = tmp_path / "use.yaml"
         again.write_text(
-            YAML.format(encoder=tiny_bert, cache=tmp_path / "cache", epochs=1, extra=f"gate_path: {out}")
+            YAML.format(
+                encoder=tiny_bert, cache=tmp_path / "cache", epochs=1, extra=f"gate_path: {out}\n  {run_on}"
+            )
         )
         pipeline = load_pipeline(again)
         selection = await_route(pipeline)

@@ -17,6 +17,7 @@ from ..routing.crossval import CVChoice
 from ..routing.encoder import SentenceEncoder
 from ..routing.exemplars import read_exemplars_jsonl
 from ..routing.gates import FitReport
+from ..routing.onnx_encoder import OnnxEncoder
 from ..routing.trust import POOLED
 from ..routing.tuning import save_fitted
 from ..types import Query
@@ -175,7 +176,7 @@ def fit(
         active = router.active_encoder
         tuned = (
             Path(active.path)
-            if active is not router.encoder and isinstance(active, SentenceEncoder)
+            if active is not router.encoder and isinstance(active, SentenceEncoder | OnnxEncoder)
             else None
         )
         path = save_fitted(gate, out, encoder=active.name, tuned=tuned)
