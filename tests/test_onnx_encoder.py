@@ -129,6 +129,19 @@ class TestOnnxEncoder:
         assert encoder._session is None
         np.testing.assert_array_equal(encoder.encode(["close me"]), before)
 
+    def test_int8_weights_are_made_only_for_an_int8_encoder(self, int8: OnnxEncoder, tmp_path: Path) -> None:
+        """The float encoder needs the export alone; the first int8 encoder quantises it into the
+        same cache folder, leaving no temporary files, and gives the cached encoder's embeddings."""
+        assert int8.model_file is not None
+        folder = tmp_path / int8.model_file.parent.name
+        shutil.copytree(int8.model_file.parent, folder, ignore=shutil.ignore_patterns("model.int8.onnx"))
+        OnnxEncoder(cache_dir=tmp_path, quantize=False).load()
+        assert not (folder / "model.int8.onnx").exists()
+        again = OnnxEncoder(cache_dir=tmp_path)
+        np.testing.assert_allclose(again.encode(TEXTS), int8.encode(TEXTS), atol=1e-6)
+        files = sorted(p.name for p in int8.model_file.parent.iterdir())
+        assert sorted(p.name for p in folder.iterdir()) == files
+
     def test_int8_name_has_its_own_gate_cache_key(self, int8: OnnxEncoder) -> None:
         """int8 embeddings differ from torch's, so the name (the gate cache key) differs."""
         assert int8.name == f"{bundled_encoder().name}+onnx-int8"

@@ -3,9 +3,9 @@ L2-normalised), in a few milliseconds per query on one core.
 
 A transformers encoder folder (BERT-like: ``AutoModel`` with ``input_ids`` and ``attention_mask``)
 is exported once with ``torch.onnx.export`` (the torch.export-based exporter; dynamic batch and
-sequence axes; pooling and normalisation inside the graph), its MatMul weights are quantised to int8
-per channel (``onnxruntime.quantization.quantize_dynamic``), and both files are cached under
-``$MOE_AGENTS_CACHE_DIR/onnx`` (or the user cache folder) in a folder named by a fingerprint of the
+sequence axes; pooling and normalisation inside the graph) and, when an int8 encoder first loads, its
+MatMul weights are quantised to int8 per channel (``onnxruntime.quantization.quantize_dynamic``);
+both files are cached under ``$MOE_AGENTS_CACHE_DIR/onnx`` (or the user cache folder) in a folder named by a fingerprint of the
 model folder's files (names, sizes, modification times), the export settings and the library
 versions, so the export (tens of seconds) runs again exactly when one of those changes. The tokenizer
 transformers builds for the folder is saved beside them, so encoding needs only ``onnxruntime``,
@@ -135,7 +135,7 @@ class OnnxEncoder:
                 return
             folder = resolve_path(self.path)
             cached = export_onnx(folder, self.cache_dir)
-            self.model_file = cached / ("model.int8.onnx" if self.quantize else "model.onnx")
+            self.model_file = _quantized(cached) if self.quantize else cached / "model.onnx"
             meta = json.loads((cached / "encoder.json").read_text())
             self._tokenizer = _tokenizer(cached / "tokenizer.json", meta["pad_id"], self.max_length)
             self._session = _session(self.model_file, self.threads)
@@ -231,8 +231,9 @@ def onnx_fingerprint(folder: Path) -> str:
 
 
 def export_onnx(folder: Path, cache_dir: Path) -> Path:
-    """The cache folder holding ``model.onnx``, ``model.int8.onnx``, ``tokenizer.json`` and
-    ``encoder.json`` for the model ``folder``, exported now unless already cached.
+    """The cache folder holding ``model.onnx``, ``tokenizer.json`` and ``encoder.json`` for the
+    model ``folder``, exported now unless already cached (``model.int8.onnx`` joins it when an int8
+    encoder first loads).
 
     The export is written to a temporary folder and renamed into place, so a crash leaves no
     half-written cache and two processes exporting at once both end with one complete folder.
@@ -250,7 +251,6 @@ def export_onnx(folder: Path, cache_dir: Path) -> Path:
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=cache_dir))
     try:
         meta = _export(folder, work)
-        _quantize(work / "model.onnx", work / "model.int8.onnx")
         (work / "encoder.json").write_text(json.dumps({**meta, "source": str(folder)}, indent=2))
         try:
             os.replace(work, target)
@@ -302,6 +302,27 @@ def _export(folder: Path, out: Path) -> dict[str, Any]:
     return {"dimension": int(model.config.hidden_size), "pad_id": int(pad_id)}
 
 
+def _quantized(cached: Path) -> Path:
+    """``model.int8.onnx`` in the cache folder ``cached``, quantised from ``model.onnx`` now unless
+    it is there; written under a temporary name and renamed, so readers never see half a file.
+
+    Raises:
+        ConfigError: the quantisation failed.
+    """
+    target = cached / "model.int8.onnx"
+    if target.exists():
+        return target
+    work = Path(tempfile.mkdtemp(prefix=".int8-", dir=cached))
+    try:
+        _quantize(cached / "model.onnx", work / target.name)
+        os.replace(work / target.name, target)
+    except Exception as exc:
+        raise ConfigError(f"cannot quantise {cached / 'model.onnx'}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
 def _quantize(source: Path, target: Path) -> None:
     """Dynamic int8 quantisation of the MatMul weights, per output channel (after ONNX Runtime's
     pre-processing: shape inference and graph optimisation).
@@ -315,7 +336,7 @@ def _quantize(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    prepared = source.with_suffix(".prepared.onnx")
+    prepared = target.with_suffix(".prepared.onnx")
     with _quiet_export():
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         graph = onnx.load(str(prepared)).graph
