@@ -16,6 +16,7 @@ import anyio
 
 from moe_agents import default_config_path, load_pipeline
 from moe_agents.evaluation.data import routing_test_set
+from moe_agents.evaluation.oos import route_all
 from moe_agents.routing import OnnxEncoder, Router, SentenceEncoder
 
 per_label = int(sys.argv[1])
@@ -30,14 +31,7 @@ async def run(enc):
         replace(pipeline.router.config, top_k=1, gate_cache_dir=""), encoder=enc, rules=pipeline.router.rules
     )
     await router.prepare(experts)
-    preds = [None] * len(items)
-
-    async def one(i):
-        preds[i] = (await router.route(items[i].query(), experts)).experts[0]
-
-    async with anyio.create_task_group() as tg:
-        for i in range(len(items)):
-            tg.start_soon(one, i)
+    preds = [sel.experts[0] for sel in await route_all(router, [it.query() for it in items], experts)]
     return sum(p == it.label for p, it in zip(preds, items, strict=True)) / len(items), preds
 
 

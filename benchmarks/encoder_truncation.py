@@ -31,6 +31,7 @@ from rich.table import Table
 
 from moe_agents import default_config_path, load_pipeline
 from moe_agents.evaluation.data import LabelledQuery, routing_test_set
+from moe_agents.evaluation.oos import route_all
 from moe_agents.routing import Encoder, OnnxEncoder, Router, SentenceEncoder
 
 OUT = Path(__file__).parent / "results"
@@ -42,21 +43,13 @@ def encoder(runtime: str, max_length: int) -> Encoder:
     return OnnxEncoder(quantize=runtime == "onnx", max_length=max_length)
 
 
-async def route_all(enc: Encoder, items: list[LabelledQuery]) -> list[str]:
+async def routed(enc: Encoder, items: list[LabelledQuery]) -> list[str]:
     pipeline = load_pipeline(default_config_path())
     experts = list(pipeline.experts.values())
     config = replace(pipeline.router.config, top_k=1, gate_cache_dir="")
     router = Router(config, encoder=enc, rules=pipeline.router.rules)
     await router.prepare(experts)
-    chosen = [""] * len(items)
-
-    async def one(i: int) -> None:
-        chosen[i] = (await router.route(items[i].query(), experts)).experts[0]
-
-    async with anyio.create_task_group() as tg:
-        for i in range(len(items)):
-            tg.start_soon(one, i)
-    return chosen
+    return [sel.experts[0] for sel in await route_all(router, [it.query() for it in items], experts)]
 
 
 def timings(enc: Encoder, long: list[str]) -> dict[str, float]:
@@ -82,7 +75,7 @@ def main(lengths: list[int], runtime: str, out: Path) -> None:
     for n in lengths:
         enc = encoder(runtime, n)
         speed = timings(enc, long)
-        chosen = np.array(anyio.run(route_all, enc, items))
+        chosen = np.array(anyio.run(routed, enc, items))
         first = chosen if first is None else first
         right = chosen == labels
         rows[n] = {

@@ -37,6 +37,7 @@ from rich.table import Table
 
 from moe_agents import default_config_path, load_pipeline
 from moe_agents.evaluation.data import routing_fit_set, routing_test_set
+from moe_agents.evaluation.oos import route_all
 from moe_agents.routing.router import Router, RouterConfig
 
 OUT = Path(__file__).parent / "results"
@@ -52,19 +53,6 @@ ROUTERS: dict[str, dict[str, Any]] = {
 def _accuracy(pred: list[str], truth: list[str], mask: np.ndarray | None = None) -> float:
     ok = np.array([p == t for p, t in zip(pred, truth, strict=True)])
     return float(ok[mask].mean() if mask is not None else ok.mean())
-
-
-async def _route_all(router: Router, queries: list[Any], experts: list[Any]) -> list[str]:
-    out = [""] * len(queries)
-
-    async def one(i: int) -> None:
-        out[i] = (await router.route(queries[i], experts)).experts[0]
-
-    for start in range(0, len(queries), 128):
-        async with anyio.create_task_group() as tg:
-            for i in range(start, min(start + 128, len(queries))):
-                tg.start_soon(one, i)
-    return out
 
 
 async def _latency(router: Router, queries: list[Any], experts: list[Any], n: int) -> dict[str, float]:
@@ -104,7 +92,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 wall, cpu = time.perf_counter(), time.process_time()
                 fit = await router.fit(experts)
                 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-                pred = await _route_all(router, queries, experts)
+                pred = [sel.experts[0] for sel in await route_all(router, queries, experts)]
                 row = {
                     "accuracy": _accuracy(pred, truth),
                     "text_only": _accuracy(pred, truth, text_only),
