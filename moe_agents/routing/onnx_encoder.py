@@ -3,11 +3,12 @@ L2-normalised), in a few milliseconds per query on one core.
 
 A transformers encoder folder (BERT-like: ``AutoModel`` with ``input_ids`` and ``attention_mask``)
 is exported once with ``torch.onnx.export`` (the torch.export-based exporter; dynamic batch and
-sequence axes; pooling and normalisation inside the graph) and, when an int8 encoder first loads, its
-MatMul weights are quantised to int8 per channel (``onnxruntime.quantization.quantize_dynamic``);
-both files are cached under ``$MOE_AGENTS_CACHE_DIR/onnx`` (or the user cache folder) in a folder named by a fingerprint of the
-model folder's files (names, sizes, modification times), the export settings and the library
-versions, so the export (tens of seconds) runs again exactly when one of those changes. The tokenizer
+sequence axes; pooling and normalisation inside the graph) and, when an int8 encoder first loads,
+its MatMul weights are quantised to int8 per channel (``onnxruntime.quantization.quantize_dynamic``);
+both files are cached under ``$MOE_AGENTS_CACHE_DIR/onnx`` (or the user cache folder) in a folder
+named by a fingerprint of the model folder's files (names, sizes, modification times), the export
+settings and the library versions, so the export (tens of seconds) runs again exactly when one of
+those changes. The tokenizer
 transformers builds for the folder is saved beside them, so encoding needs only ``onnxruntime``,
 ``tokenizers`` and numpy: neither torch nor transformers is imported once the export is cached.
 
